@@ -1,0 +1,1 @@
+"""The in-pod connector: the paper's mirror job that drives one HPC job through its life."""

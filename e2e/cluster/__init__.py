@@ -1,0 +1,1 @@
+"""A real Kubernetes control plane and node on this machine, built from the Go modules."""

@@ -1,0 +1,1 @@
+"""The mutating admission webhook: pure mutation, validation, policy and the HTTPS server."""
