@@ -1,0 +1,49 @@
+"""Errors the connector reports to a person, each with the exit code it ends with."""
+
+from __future__ import annotations
+
+
+class ConnectorError(Exception):
+    """An error with a clear message and the process exit code it maps to."""
+
+    exit_code = 1
+    reason = "ConnectorError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SpecError(ConnectorError):
+    """The job spec or an annotation value is invalid (nothing was submitted)."""
+
+    exit_code = 64  # EX_USAGE
+    reason = "InvalidJobSpec"
+
+
+class ProfileError(ConnectorError):
+    """The backend profile is missing, malformed or names an unknown backend."""
+
+    exit_code = 78  # EX_CONFIG
+    reason = "InvalidProfile"
+
+
+class HostKeyError(ConnectorError):
+    """The HPC host's key is unknown or does not match known_hosts (strict checking)."""
+
+    exit_code = 77  # EX_NOPERM
+    reason = "HostKeyRejected"
+
+
+class TransientError(ConnectorError):
+    """A fault that may pass (network, daemon restart): retried with backoff."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+    reason = "BackendUnavailable"
+
+
+class BackendError(ConnectorError):
+    """The workload manager refused a request (bad option, unknown partition, …)."""
+
+    exit_code = 69
+    reason = "BackendRefused"
