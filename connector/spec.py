@@ -289,9 +289,12 @@ class JobSpec:
     # --- (de)serialisation ------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data without empty fields, so annotations stay short."""
         data = asdict(self)
         data["env"] = dict(self.env)
-        return {key: value for key, value in data.items() if value not in (None, (), [], {})}
+        pruned = _prune(data)
+        assert isinstance(pruned, dict)
+        return pruned
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -361,6 +364,15 @@ class JobSpec:
     def job_name(self) -> str:
         """The SLURM job name: carries the pod UID so a restarted connector finds its job."""
         return f"hpco-{self.pod.uid}" if self.pod.uid else "hpco-job"
+
+
+def _prune(value: Any) -> Any:
+    if isinstance(value, dict):
+        items = {k: _prune(v) for k, v in value.items()}
+        return {k: v for k, v in items.items() if v not in (None, (), [], {}, False)}
+    if isinstance(value, list | tuple):
+        return [_prune(v) for v in value]
+    return value
 
 
 def _string_list(value: Any, what: str) -> list[str]:
