@@ -1,0 +1,190 @@
+"""The testbed as a Python API: what the CLI and the tests call.
+
+`ensure_up` is idempotent and cheap when everything already runs (about a second), so every
+test session can call it. Concurrent callers (several pytest processes, an engineer's shell)
+serialise on one lock file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import daemons, image, layout, listen, munge, packages, rest, slurm, sshd, users
+
+log = logging.getLogger("testbed")
+
+
+class TestbedError(RuntimeError):
+    """Something the testbed needs failed; the message names it and the log to read."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+
+@dataclass(frozen=True)
+class Info:
+    """How to reach the testbed (paths are on this machine)."""
+
+    __test__ = False
+
+    ssh_host: str
+    ssh_port: int
+    ssh_user: str
+    key_path: Path
+    known_hosts: Path
+    rest_url: str
+    rest_api_version: str
+    image_dir: Path
+    workdir: Path
+    partition: str
+    state_dir: Path
+    log_dir: Path
+    slurm_conf: Path
+    listen: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def info() -> Info:
+    addresses = tuple(listen.remembered()) or (layout.DEFAULT_ADDRESS,)
+    return Info(
+        ssh_host=layout.DEFAULT_ADDRESS,
+        ssh_port=layout.SSH_PORT,
+        ssh_user=layout.TEST_USER,
+        key_path=layout.CLIENT_KEY,
+        known_hosts=layout.KNOWN_HOSTS,
+        rest_url=rest.url(),
+        rest_api_version=layout.REST_API_VERSION,
+        image_dir=image.image_dir(),
+        workdir=layout.WORKDIR,
+        partition=layout.PARTITION,
+        state_dir=layout.STATE_DIR,
+        log_dir=layout.LOG_DIR,
+        slurm_conf=layout.SLURM_CONF,
+        listen=addresses,
+    )
+
+
+@contextmanager
+def _locked() -> Iterator[None]:
+    layout.STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(layout.LOCK_FILE, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _specs(addresses: tuple[str, ...], conf: str, ssh_conf: str) -> list[daemons.Daemon]:
+    """All daemons in start order (stop in reverse)."""
+    return [
+        munge.daemon(),
+        slurm.ctld_daemon(conf),
+        slurm.slurmd_daemon(conf),
+        rest.daemon(addresses, conf),
+        sshd.daemon(addresses, ssh_conf),
+    ]
+
+
+def _current_specs() -> list[daemons.Daemon]:
+    """Specs as last written, for `down` and `status` (no files are changed)."""
+    addresses = tuple(listen.remembered()) or (layout.DEFAULT_ADDRESS,)
+    conf = layout.SLURM_CONF.read_text() if layout.SLURM_CONF.exists() else ""
+    ssh_conf = sshd.CONFIG.read_text() if sshd.CONFIG.exists() else ""
+    return _specs(addresses, conf, ssh_conf)
+
+
+def ensure_up(listen_on: Iterable[str] = ()) -> Info:
+    """Install, configure and start whatever is missing; return how to reach the testbed."""
+    started = time.monotonic()
+    try:
+        with _locked():
+            packages.ensure_packages(layout.log_file("apt"))
+            addresses = listen.resolve(listen_on)
+            users.ensure_test_user()
+            users.ensure_system_user(layout.REST_USER)
+            image.ensure_image()
+
+            munge.prepare()
+            munge_spec = munge.daemon()
+            if daemons.running_pid(munge_spec) is None and munge.works():
+                log.info("munged: already served on %s by a daemon we did not start; using it",
+                         layout.MUNGE_SOCKET)
+            else:
+                daemons.ensure(munge_spec)
+
+            conf = slurm.prepare()
+            ssh_conf = sshd.prepare(addresses)
+            specs = _specs(addresses, conf, ssh_conf)
+            daemons.ensure(specs[1])  # slurmctld
+            daemons.ensure(specs[2])  # slurmd
+            state = slurm.wait_node_usable()
+            log.info("node %s: %s", slurm.node_name(), state.lower())
+            daemons.ensure(specs[3])  # slurmrestd
+            daemons.ensure(specs[4])  # sshd
+    except (daemons.DaemonError, packages.PackageError, listen.ListenError, OSError) as exc:
+        raise TestbedError(str(exc)) from exc
+    log.info("testbed: up in %.1f s (listening on %s)", time.monotonic() - started,
+             ", ".join(addresses))
+    return info()
+
+
+def down() -> list[str]:
+    """Stop what `up` started, by its pid files; keep packages, keys and SLURM state."""
+    stopped = []
+    with _locked():
+        for spec in reversed(_current_specs()):
+            if daemons.stop(spec):
+                stopped.append(spec.name)
+            else:
+                log.info("%s: not running", spec.name)
+    return stopped
+
+
+@dataclass(frozen=True)
+class DaemonStatus:
+    name: str
+    running: bool
+    pid: int | None
+    addresses: tuple[str, ...]
+    note: str = ""
+
+
+def status() -> list[DaemonStatus]:
+    out = []
+    for spec in _current_specs():
+        pid = daemons.running_pid(spec)
+        note = ""
+        running = pid is not None
+        if spec.name == "munged" and pid is None and munge.works():
+            running, note = True, "started by someone else"
+        elif running and spec.ready is not None and not spec.ready():
+            running, note = False, "process alive but not answering"
+        out.append(DaemonStatus(spec.name, running, pid, spec.addresses, note))
+    return out
+
+
+def authorize_key(pubkey_line: str) -> bool:
+    """Let a public key (one authorized_keys line) log in as the test user."""
+    return sshd.authorize_key(pubkey_line)
+
+
+def revoke_key(pubkey_line: str) -> bool:
+    return sshd.revoke_key(pubkey_line)
+
+
+def rest_token(lifespan: int = 3600, user: str = layout.TEST_USER) -> str:
+    """A slurmrestd JWT for the test user. Secret: do not log it."""
+    return slurm.token(user, lifespan)
+
+
+def job_info(job_id: int) -> dict[str, str] | None:
+    return slurm.job_info(job_id)
+
+
+def queued_job_ids() -> set[int]:
+    return slurm.queued_job_ids()

@@ -1,0 +1,42 @@
+"""Where the testbed keeps its state, and the fixed names and ports it uses.
+
+Everything generated lives under one state directory outside the git clone, so keys and
+SLURM's job state survive a fresh checkout and `down`/`up` cycles. Only slurm.conf goes to
+its system path, so `sbatch` and friends work for every user without SLURM_CONF.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+STATE_DIR = Path(os.environ.get("HPC_OFFLOAD_TESTBED_DIR", "/var/lib/hpc-offload/testbed"))
+RUN_DIR = STATE_DIR / "run"  # pid files and the argv each daemon was started with
+LOG_DIR = STATE_DIR / "log"
+SSH_DIR = STATE_DIR / "ssh"
+SLURM_DIR = STATE_DIR / "slurm"
+LISTEN_FILE = STATE_DIR / "listen.json"
+LOCK_FILE = STATE_DIR / "testbed.lock"
+
+SLURM_CONF = Path("/etc/slurm/slurm.conf")
+MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
+
+TEST_USER = "hpcuser"
+TEST_HOME = Path("/home") / TEST_USER
+WORKDIR = TEST_HOME / "hpc-offload"
+REST_USER = "slurmrestd"  # slurmrestd refuses to run as root or as SlurmUser
+
+SSH_PORT = 2222
+REST_PORT = 6820
+SLURMCTLD_PORT = 6817
+SLURMD_PORT = 6818
+PARTITION = "debug"
+REST_API_VERSION = "v0.0.38"
+DEFAULT_ADDRESS = "127.0.0.1"
+
+CLIENT_KEY = SSH_DIR / "id_ed25519"  # the test user's private key, kept by root
+KNOWN_HOSTS = SSH_DIR / "known_hosts"
+
+
+def log_file(name: str) -> Path:
+    return LOG_DIR / f"{name}.log"
