@@ -128,7 +128,7 @@ def ensure_up(listen_on: Iterable[str] = ()) -> Info:
             daemons.ensure(specs[4])  # sshd
     except (daemons.DaemonError, packages.PackageError, listen.ListenError, OSError) as exc:
         raise TestbedError(str(exc)) from exc
-    log.info("testbed: up in %.1f s (listening on %s)", time.monotonic() - started,
+    log.info("up in %.1f s (listening on %s)", time.monotonic() - started,
              ", ".join(addresses))
     return info()
 

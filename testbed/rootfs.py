@@ -64,7 +64,7 @@ def ensure_python_rootfs(path: Path = DEFAULT_ROOTFS, suite: str = "bookworm") -
             stdout=subprocess.DEVNULL,
         )
         # world-readable so an unprivileged `ch-run` can use it as an image directory
-        os.chmod(partial, 0o755)
+        os.chmod(partial, 0o755)  # noqa: S103 - must be world-readable
         (partial / _DONE_MARK).write_text("ok\n")
         shutil.rmtree(path, ignore_errors=True)
         partial.rename(path)
