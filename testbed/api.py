@@ -98,13 +98,13 @@ def _current_specs() -> list[daemons.Daemon]:
     return _specs(addresses, conf, ssh_conf)
 
 
-def ensure_up(listen_on: Iterable[str] = ()) -> Info:
+def ensure_up(listen_on: Iterable[str] = (), forget_listen: bool = False) -> Info:
     """Install, configure and start whatever is missing; return how to reach the testbed."""
     started = time.monotonic()
     try:
         with _locked():
             packages.ensure_packages(layout.log_file("apt"))
-            addresses = listen.resolve(listen_on)
+            addresses = listen.resolve(listen_on, forget=forget_listen)
             users.ensure_test_user()
             users.ensure_system_user(layout.REST_USER)
             image.ensure_image()

@@ -15,9 +15,21 @@ from . import profile as profile_mod
 log = logging.getLogger("testbed")
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is now (click's test runner swaps it per call)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def _setup_logging(verbose: bool) -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("testbed: %(message)s"))
         log.addHandler(handler)
     log.setLevel(logging.INFO if verbose else logging.WARNING)
@@ -42,7 +54,9 @@ def testbed(quiet: bool) -> None:
               help="Also serve sshd and slurmrestd on ADDR (repeatable; 127.0.0.1 always). "
                    "Remembered for later runs while the address exists, e.g. 10.88.0.1 "
                    "so pods of the e2e cluster reach the testbed.")
-def up(listen_on: tuple[str, ...]) -> None:
+@click.option("--forget-listen", is_flag=True,
+              help="Drop the addresses remembered from earlier runs (127.0.0.1 stays).")
+def up(listen_on: tuple[str, ...], forget_listen: bool) -> None:
     """Install what is missing and start what is not running; idempotent.
 
     \b
@@ -53,7 +67,7 @@ def up(listen_on: tuple[str, ...]) -> None:
     recovers from stale pid files; restarts a daemon whose settings changed.
     """
     try:
-        i = api.ensure_up(listen_on)
+        i = api.ensure_up(listen_on, forget_listen=forget_listen)
     except api.TestbedError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"ssh  {i.ssh_user}@{i.ssh_host} -p {i.ssh_port} -i {i.key_path} "

@@ -52,15 +52,16 @@ def remembered() -> list[str]:
         return []
 
 
-def resolve(extra: Iterable[str]) -> tuple[str, ...]:
-    """127.0.0.1, then the remembered and the new addresses that are on this machine."""
+def resolve(extra: Iterable[str], forget: bool = False) -> tuple[str, ...]:
+    """127.0.0.1, then the remembered (unless `forget`) and the new addresses that are on
+    this machine."""
     new = [_valid(a) for a in extra]
     for a in new:
         if not is_local(a):
             raise ListenError(f"--listen {a}: no interface of this machine has this address "
                               "(for 10.88.0.1, start the e2e cluster's bridge first)")
     out = [layout.DEFAULT_ADDRESS]
-    for a in remembered():
+    for a in [] if forget else remembered():
         if a not in out and a not in new:
             if is_local(a):
                 out.append(a)
