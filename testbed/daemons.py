@@ -120,15 +120,15 @@ def start(d: Daemon) -> int:
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
            "LANG": "C.UTF-8", **d.env}
     # user= alone keeps root's groups; slurmrestd (rightly) refuses to run with them
-    ids: dict[str, object] = {}
-    if d.user is not None:
-        ids = {"user": d.user, "group": pwd.getpwnam(d.user).pw_gid, "extra_groups": []}
+    group = pwd.getpwnam(d.user).pw_gid if d.user is not None else None
+    extra_groups: list[int] | None = [] if d.user is not None else None
     with open(d.log_file, "ab") as out:
         out.write(f"--- {time.strftime('%F %T')} starting: {' '.join(d.argv)}\n".encode())
         out.flush()
         proc = subprocess.Popen(  # noqa: S603 - argv is ours
             d.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True, close_fds=True, cwd="/", **ids,  # type: ignore[arg-type]
+            env=env, start_new_session=True, close_fds=True, cwd="/",
+            user=d.user, group=group, extra_groups=extra_groups,
         )
     d.pid_file.write_text(f"{proc.pid}\n")
     d.sig_file.write_text(d.signature + "\n")
