@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import daemons, image, layout, listen, munge, packages, rest, slurm, sshd, users
+from . import daemons, image, layout, munge, packages, rest, slurm, sshd, users
+from . import listen as listen_mod
 
 log = logging.getLogger("testbed")
 
@@ -52,7 +53,7 @@ class Info:
 
 
 def info() -> Info:
-    addresses = tuple(listen.remembered()) or (layout.DEFAULT_ADDRESS,)
+    addresses = tuple(listen_mod.remembered()) or (layout.DEFAULT_ADDRESS,)
     return Info(
         ssh_host=layout.DEFAULT_ADDRESS,
         ssh_port=layout.SSH_PORT,
@@ -92,19 +93,19 @@ def _specs(addresses: tuple[str, ...], conf: str, ssh_conf: str) -> list[daemons
 
 def _current_specs() -> list[daemons.Daemon]:
     """Specs as last written, for `down` and `status` (no files are changed)."""
-    addresses = tuple(listen.remembered()) or (layout.DEFAULT_ADDRESS,)
+    addresses = tuple(listen_mod.remembered()) or (layout.DEFAULT_ADDRESS,)
     conf = layout.SLURM_CONF.read_text() if layout.SLURM_CONF.exists() else ""
     ssh_conf = sshd.CONFIG.read_text() if sshd.CONFIG.exists() else ""
     return _specs(addresses, conf, ssh_conf)
 
 
-def ensure_up(listen_on: Iterable[str] = (), forget_listen: bool = False) -> Info:
+def ensure_up(listen: Iterable[str] = (), forget_listen: bool = False) -> Info:
     """Install, configure and start whatever is missing; return how to reach the testbed."""
     started = time.monotonic()
     try:
         with _locked():
             packages.ensure_packages(layout.log_file("apt"))
-            addresses = listen.resolve(listen_on, forget=forget_listen)
+            addresses = listen_mod.resolve(listen, forget=forget_listen)
             users.ensure_test_user()
             users.ensure_system_user(layout.REST_USER)
             image.ensure_image()
@@ -126,7 +127,7 @@ def ensure_up(listen_on: Iterable[str] = (), forget_listen: bool = False) -> Inf
             log.info("node %s: %s", slurm.node_name(), state.lower())
             daemons.ensure(specs[3])  # slurmrestd
             daemons.ensure(specs[4])  # sshd
-    except (daemons.DaemonError, packages.PackageError, listen.ListenError, OSError) as exc:
+    except (daemons.DaemonError, packages.PackageError, listen_mod.ListenError, OSError) as exc:
         raise TestbedError(str(exc)) from exc
     log.info("up in %.1f s (listening on %s)", time.monotonic() - started,
              ", ".join(addresses))

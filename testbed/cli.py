@@ -67,7 +67,7 @@ def up(listen_on: tuple[str, ...], forget_listen: bool) -> None:
     recovers from stale pid files; restarts a daemon whose settings changed.
     """
     try:
-        i = api.ensure_up(listen_on, forget_listen=forget_listen)
+        i = api.ensure_up(listen=listen_on, forget_listen=forget_listen)
     except api.TestbedError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"ssh  {i.ssh_user}@{i.ssh_host} -p {i.ssh_port} -i {i.key_path} "
