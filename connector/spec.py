@@ -188,7 +188,8 @@ def parse_staging(value: str | Sequence[Mapping[str, str]], what: str) -> list[S
                 raise SpecError(f"{what}: {item!r} is not SRC:DST (e.g. /data/in.csv:input/in.csv)")
             pairs.append(StagePair(src=src, dst=dst))
     else:
-        for item in value:
+        for entry in value:
+            item: Any = entry
             if not isinstance(item, Mapping) or not item.get("src") or not item.get("dst"):
                 raise SpecError(f"{what}: {item!r} must have 'src' and 'dst'")
             pairs.append(StagePair(src=str(item["src"]), dst=str(item["dst"])))
@@ -316,7 +317,7 @@ class JobSpec:
                 env = values["env"]
                 if not isinstance(env, Mapping):
                     raise SpecError("env: must be an object of NAME: value")
-                values["env"] = {str(k): v for k, v in env.items()}
+                values["env"] = {str(k): v for k, v in env.items()}  # type: ignore[assignment]
             if "slurm" in values:
                 values["slurm"] = _slurm_from_dict(values["slurm"])
             if "pod" in values:

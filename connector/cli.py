@@ -1,0 +1,162 @@
+"""`hpc-connector`: runs in the offloaded pod (the paper's mirror job).
+
+\b
+In a pod (what the webhook injects):
+  hpc-connector run --spec /var/run/hpc-offload/podinfo/job-spec.json \\
+                    --profile /var/run/hpc-offload/profile --state-dir /var/run/hpc-offload/state
+Paper-compatible form (hpc-connector, 2020):
+  hpc-connector --backend slurm-local --backend-conf '{}' simulate \\
+                --job-config '{"script": "#!/bin/bash\\necho hi"}' --monitoring-period 5 --print-logs
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from connector.backends import backend_class
+from connector.errors import ConnectorError, SpecError
+from connector.lifecycle import Connector, Timing, read_pod_info
+from connector.outcome import termination_path
+from connector.profile import Profile, load_profile_dir, profile_from_values
+from connector.spec import DEFAULT_POLL_INTERVAL, JobSpec, PodRef, parse_duration
+from connector.state import StateStore
+
+log = logging.getLogger("hpc-connector")
+
+
+def _setup_logging(level: str) -> None:
+    """Connector messages go to stderr (the pod log too); stdout carries only job output."""
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)sZ hpc-connector %(levelname)s %(message)s",
+                                  "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    log.handlers[:] = [handler]
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
+def _fail(exc: ConnectorError, termination_log: str | None) -> None:
+    from connector.outcome import Outcome
+
+    Outcome(exc.exit_code, exc.reason, exc.message).write(termination_log)
+    click.echo(f"hpc-connector: error: {exc.message}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
+                   termination_log: str | None) -> int:
+    spec.check_runnable()
+    backend = backend_class(profile.backend)(profile)
+    period = spec.poll_interval or profile.monitoring_period or DEFAULT_POLL_INTERVAL
+    connector = Connector(spec, backend, StateStore(state_dir), Timing.for_period(period),
+                          sys.stdout.buffer, termination_log)
+    connector.install_signal_handlers()
+    return connector.run()
+
+
+@click.group(invoke_without_command=True, help=__doc__,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--backend", help="Backend type for `simulate` (slurm-ssh, slurm-local, …).")
+@click.option("--backend-conf", help="Backend configuration as JSON, for `simulate`.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.pass_context
+def cli(ctx: click.Context, backend: str | None, backend_conf: str | None, log_level: str) -> None:
+    _setup_logging(log_level)
+    ctx.obj = {"backend": backend, "backend_conf": backend_conf}
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+@cli.command()
+@click.option("--spec", "spec_file", required=True, type=click.Path(dir_okay=False),
+              help="Job spec JSON (in a pod: the downward-API file of annotation hpc.offload/job-spec).")
+@click.option("--profile", "profile_dir", required=True, type=click.Path(file_okay=False),
+              help="Backend profile directory: the ConfigMap and Secret projected together.")
+@click.option("--state-dir", type=click.Path(file_okay=False),
+              help="Where the job id and log offset are kept, so a restart reattaches.")
+@click.option("--pod-info", type=click.Path(file_okay=False),
+              help="Directory with pod-uid, pod-name, pod-namespace files [default: the spec's].")
+@click.option("--termination-log", default=None,
+              help="Where the JSON end report goes [default: /dev/termination-log].")
+def run(spec_file: str, profile_dir: str, state_dir: str | None, pod_info: str | None,
+        termination_log: str | None) -> None:
+    """Submit (or reattach to) the HPC job, follow it, mirror its end as the exit code."""
+    termination_log = termination_log or termination_path()
+    try:
+        try:
+            text = Path(spec_file).read_text()
+        except OSError as exc:
+            raise SpecError(f"cannot read the job spec {spec_file}: {exc.strerror}") from None
+        spec = JobSpec.from_json(text)
+        info = read_pod_info(Path(pod_info) if pod_info else Path(spec_file).parent)
+        if info and not spec.pod.uid:
+            spec = _with_pod(spec, info)
+        profile = load_profile_dir(profile_dir)
+        code = _run_connector(spec, profile, state_dir, termination_log)
+    except ConnectorError as exc:
+        _fail(exc, termination_log)
+    sys.exit(code)
+
+
+def _with_pod(spec: JobSpec, info: dict[str, str]) -> JobSpec:
+    data = spec.to_dict()
+    data["pod"] = PodRef(namespace=info.get("namespace", "default"), name=info.get("name", ""),
+                         uid=info.get("uid", "")).__dict__
+    return JobSpec.from_dict(data)
+
+
+@cli.command()
+@click.option("--job-config", required=True,
+              help='JSON {"host": …, "script": …}: the script is submitted as written.')
+@click.option("--monitoring-period", default="30", show_default=True,
+              help="Seconds between scheduler queries (or 30s, 5m).")
+@click.option("--print-logs", is_flag=True, help="Print the job output when it ends.")
+@click.option("--state-dir", type=click.Path(file_okay=False))
+@click.pass_context
+def simulate(ctx: click.Context, job_config: str, monitoring_period: str, print_logs: bool,
+             state_dir: str | None) -> None:
+    """The paper's mirror job: submit a verbatim script and follow it to its end."""
+    termination_log = termination_path()
+    try:
+        if not ctx.obj["backend"]:
+            raise SpecError("--backend is required with simulate (e.g. --backend slurm-local)")
+        conf = _json_object(ctx.obj["backend_conf"] or "{}", "--backend-conf")
+        job = _json_object(job_config, "--job-config")
+        if not isinstance(job.get("script"), str):
+            raise SpecError('--job-config needs "script": the batch script to submit')
+        if job.get("host"):
+            conf["host"] = job["host"]
+        profile = profile_from_values(ctx.obj["backend"], conf, name="command line")
+        spec = JobSpec(script=job["script"], logs="end" if print_logs else "none",
+                       poll_interval=parse_duration(monitoring_period, "--monitoring-period"))
+        code = _run_connector(spec, profile, state_dir, termination_log)
+    except ConnectorError as exc:
+        _fail(exc, termination_log)
+    sys.exit(code)
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise SpecError(f"{what} must be a JSON object")
+    return value
+
+
+def main() -> None:
+    cli(prog_name="hpc-connector")
+
+
+if __name__ == "__main__":
+    main()

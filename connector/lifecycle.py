@@ -1,0 +1,342 @@
+"""The mirror job's life: submit or reattach, follow, stream, end (or cancel on a signal).
+
+Two clocks: a cheap one (every second: new output lines, the end marker file) that costs the
+scheduler nothing, and the monitoring period, at which the scheduler itself is asked. When the
+end marker appears the scheduler is asked at once, so a pod ends about a second after its job
+without the connector polling slurmctld every second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from connector import outcome as outcomes
+from connector.backends.base import Backend, JobState, JobStatus
+from connector.errors import ConnectorError, TransientError
+from connector.render import JobPaths, render_env_file, render_script, sbatch_identity_args
+from connector.spec import DEFAULT_POLL_INTERVAL, JobSpec
+from connector.staging import stage_in, stage_out
+from connector.state import JobRecord, StateStore
+
+log = logging.getLogger("hpc-connector")
+T = TypeVar("T")
+
+# Never forwarded with envFrom-style passthrough: they describe the connector's container.
+_SYSTEM_ENV = {"PATH", "HOME", "HOSTNAME", "TERM", "PWD", "SHLVL", "LANG", "OLDPWD", "_", "USER",
+               "GPG_KEY", "PYTHON_VERSION", "PYTHON_SHA256", "PYTHON_PIP_VERSION"}
+_SYSTEM_PREFIXES = ("KUBERNETES_", "HPC_OFFLOAD_", "PYTHON", "LC_", "SSL_", "PIP_")
+_SERVICE_SUFFIXES = ("_SERVICE_HOST", "_SERVICE_PORT", "_PORT")
+
+CANCEL_TIMEOUT = 60.0
+MAX_BACKOFF = 30.0
+
+
+def job_environment(spec: JobSpec, environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables the HPC job gets: the container's env as the kubelet resolved it."""
+    env: dict[str, str] = {}
+    if spec.env_from:
+        for name, value in environ.items():
+            if name in _SYSTEM_ENV or name.startswith(_SYSTEM_PREFIXES):
+                continue
+            if name.endswith(_SERVICE_SUFFIXES) or "_PORT_" in name:
+                continue
+            env[name] = value
+    for name in spec.env_passthrough:
+        if name in environ:
+            env[name] = environ[name]
+    env.update(spec.env)
+    return env
+
+
+@dataclass
+class Timing:
+    """The two clocks (seconds)."""
+
+    period: float = DEFAULT_POLL_INTERVAL
+    tick: float = 1.0
+    fast: float = 0.2  # while an end is imminent or a cancel is waiting
+
+    @classmethod
+    def for_period(cls, period: float) -> Timing:
+        return cls(period=period, tick=min(1.0, period))
+
+
+class Connector:
+    """Drives one HPC job for one pod; `run()` returns the container's exit code."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        backend: Backend,
+        state: StateStore,
+        timing: Timing,
+        out: BinaryIO,
+        termination_log: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.state = state
+        self.timing = timing
+        self.out = out
+        self.termination_log = termination_log
+        self.environ = dict(os.environ if environ is None else environ)
+        self.record: JobRecord | None = None
+        self.paths: JobPaths | None = None
+        self.partial = b""
+        self.signum: int | None = None
+        self._wake = threading.Event()
+        self._outage_since: float | None = None
+        self._backoff = 1.0
+        self.polls = 0
+
+    # --- signals ----------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+        self._wake.set()
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep that a signal cuts short."""
+        if self.signum is None:
+            self._wake.wait(seconds)
+
+    # --- the run ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            result = self._run()
+        except ConnectorError as exc:
+            log.error("%s", exc.message)
+            result = outcomes.Outcome(exc.exit_code, exc.reason, exc.message,
+                                      self.record.job_id if self.record else None)
+        finally:
+            self.backend.close()
+        result.write(self.termination_log)
+        log.info("exit %d (%s): %s", result.exit_code, result.reason, result.message)
+        return outcomes.exit_code_for(result)
+
+    def _run(self) -> outcomes.Outcome:
+        record = self._retry(self._attach_or_submit, "submitting")
+        if record is None:  # stopped before anything was submitted
+            assert self.signum is not None
+            return outcomes.interrupted(self.signum, None, cancelled=False)
+        self.record = record
+        self.paths = JobPaths(record.job_dir)
+        return self._follow()
+
+    def _attach_or_submit(self) -> JobRecord | None:
+        saved = self.state.load()
+        if saved is not None:
+            log.info("reattaching to HPC job %s (state file)", saved.job_id)
+            return saved
+        job_dir = self._job_dir()
+        if self.spec.pod.uid:
+            found = self.backend.find(self.spec.job_name)
+            if found is not None:
+                log.info("reattaching to HPC job %s (found by name %s)", found, self.spec.job_name)
+                record = JobRecord(found, job_dir, self.backend.type_name)
+                self.state.save(record)
+                return record
+        if self.signum is not None:
+            return None
+        return self._submit(job_dir)
+
+    def _job_dir(self) -> str:
+        suffix = self.spec.pod.uid or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        return f"{self.backend.workdir()}/hpco-{suffix}"
+
+    def _submit(self, job_dir: str) -> JobRecord:
+        paths = JobPaths(job_dir)
+        env = job_environment(self.spec, self.environ)
+        profile_image = self.backend.profile.setting("image")
+        script = render_script(self.spec, paths, env.keys(), profile_image)
+        started = time.monotonic()
+        self.backend.transport.mkdir(job_dir, 0o700)
+        if self.spec.stage_in:
+            stage_in(self.backend, self.spec.stage_in, job_dir)
+        job_id = self.backend.submit(
+            script, paths, render_env_file(env), sbatch_identity_args(self.spec, paths)
+        )
+        record = JobRecord(job_id, job_dir, self.backend.type_name)
+        self.state.save(record)
+        log.info("submitted HPC job %s (%s, %.2fs) in %s", job_id, self.backend.type_name,
+                 time.monotonic() - started, job_dir)
+        return record
+
+    # --- following --------------------------------------------------------------------------
+
+    def _follow(self) -> outcomes.Outcome:
+        assert self.record is not None and self.paths is not None
+        last_query = 0.0
+        last_status: JobStatus | None = None
+        imminent_until = 0.0
+        while True:
+            if self.signum is not None:
+                return self._cancel()
+            now = time.monotonic()
+            due = now - last_query >= self.timing.period or now < imminent_until
+            if not due and self.spec.script is None and self._safe(
+                lambda: self.backend.ended_marker(self.paths)  # type: ignore[arg-type]
+            ):
+                due = True
+                imminent_until = now + 10.0
+            if due:
+                status = self._safe(lambda: self.backend.status(self.record.job_id))  # type: ignore[union-attr]
+                last_query = now
+                if status is not None:
+                    self.polls += 1
+                    self._report(last_status, status)
+                    last_status = status
+                    if status.state.ended:
+                        return self._finish(status)
+            if self.spec.logs == "stream":
+                self._safe(self._pump_logs)
+            self._sleep(self.timing.fast if now < imminent_until else self.timing.tick)
+
+    def _report(self, previous: JobStatus | None, status: JobStatus) -> None:
+        same_state = previous is not None and previous.state == status.state
+        if same_state and (status.state is not JobState.PENDING or previous.reason == status.reason):  # type: ignore[union-attr]
+            return
+        if status.state is JobState.PENDING:
+            where = f", position {status.queue_position} in queue" if status.queue_position else ""
+            start = f", estimated start {status.start_estimate}" if status.start_estimate else ""
+            log.info("HPC job %s pending (%s)%s%s", status.job_id, status.reason, where, start)
+        elif status.state is JobState.RUNNING:
+            on = f" on {status.node}" if status.node else ""
+            log.info("HPC job %s running%s", status.job_id, on)
+
+    def _finish(self, status: JobStatus) -> outcomes.Outcome:
+        assert self.paths is not None
+        if self.spec.logs == "stream":
+            self._retry(lambda: self._pump_logs(final=True), "reading the job output")
+        elif self.spec.logs == "end":
+            self._retry(self._print_all_logs, "reading the job output")
+        if self.spec.stage_out:
+            self._retry(lambda: stage_out(self.backend, self.spec.stage_out,
+                                          self.paths.job_dir), "staging out")  # type: ignore[union-attr]
+        self._safe(lambda: self.backend.remove(self.paths.env_file))  # type: ignore[union-attr]
+        return outcomes.outcome_of(status)
+
+    def _cancel(self) -> outcomes.Outcome:
+        assert self.record is not None and self.signum is not None
+        job_id = self.record.job_id
+        log.info("stopping: cancelling HPC job %s", job_id)
+        deadline = time.monotonic() + CANCEL_TIMEOUT
+        cancelled = False
+        while time.monotonic() < deadline:
+            try:
+                if not cancelled:
+                    self.backend.cancel(job_id)
+                    cancelled = True
+                status = self.backend.status(job_id)
+                if status.state.ended:
+                    log.info("HPC job %s ended %s", job_id, status.raw_state or status.state.value)
+                    if self.spec.logs == "stream":
+                        self._safe(lambda: self._pump_logs(final=True))
+                    if status.state is not JobState.CANCELLED:
+                        return outcomes.outcome_of(status)  # it ended on its own meanwhile
+                    return outcomes.interrupted(self.signum, job_id, cancelled=True)
+            except TransientError as exc:
+                log.warning("cancel of HPC job %s: %s; retrying", job_id, exc.message)
+                time.sleep(1.0)
+                continue
+            time.sleep(self.timing.fast / 2)
+        result = outcomes.interrupted(self.signum, job_id, cancelled=False)
+        return outcomes.Outcome(result.exit_code, "CancelTimeout",
+                                f"HPC job {job_id} still queued {CANCEL_TIMEOUT:.0f}s after scancel",
+                                job_id, None)
+
+    # --- output -----------------------------------------------------------------------------
+
+    def _pump_logs(self, final: bool = False) -> None:
+        """Print complete new lines; the offset saved counts only what was printed."""
+        assert self.record is not None and self.paths is not None
+        while True:
+            start = self.record.log_offset + len(self.partial)
+            chunk = self.backend.logs(self.paths, start)
+            if chunk:
+                self.partial += chunk
+                cut = self.partial.rfind(b"\n") + 1
+                if cut:
+                    self._emit(self.partial[:cut])
+                    self.partial = self.partial[cut:]
+            if len(chunk) < (1 << 20):
+                break
+        if final and self.partial:
+            self._emit(self.partial + b"\n", consumed=len(self.partial))
+            self.partial = b""
+
+    def _emit(self, data: bytes, consumed: int | None = None) -> None:
+        assert self.record is not None
+        self.out.write(data)
+        self.out.flush()
+        self.record.log_offset += len(data) if consumed is None else consumed
+        self.state.save(self.record)
+
+    def _print_all_logs(self) -> None:
+        assert self.record is not None
+        self.record.log_offset = 0
+        self.partial = b""
+        self._pump_logs(final=True)
+
+    # --- faults -----------------------------------------------------------------------------
+
+    def _safe(self, action: Callable[[], T]) -> T | None:
+        """One attempt; a transient fault is logged once per outage and backs off."""
+        try:
+            value = action()
+        except TransientError as exc:
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                log.warning("lost contact with the HPC side: %s; retrying", exc.message)
+            self._sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+            return None
+        if self._outage_since is not None:
+            log.info("contact with the HPC side restored after %.0fs",
+                     time.monotonic() - self._outage_since)
+            self._outage_since = None
+            self._backoff = 1.0
+        return value
+
+    def _retry(self, action: Callable[[], T], what: str) -> T:
+        """Retry until it works or a signal arrives (then the caller sees the signal)."""
+        while True:
+            try:
+                value = action()
+            except TransientError as exc:
+                log.warning("%s failed: %s; retrying in %.0fs", what, exc.message, self._backoff)
+                self._sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+                if self.signum is not None and self.record is None:
+                    return None  # type: ignore[return-value]
+                continue
+            self._backoff = 1.0
+            return value
+
+
+def read_pod_info(directory: Path) -> dict[str, str]:
+    """uid/name/namespace from the downward-API files the webhook mounts beside the spec."""
+    info: dict[str, str] = {}
+    for key in ("uid", "name", "namespace"):
+        path = directory / f"pod-{key}"
+        if path.exists():
+            info[key] = path.read_text().strip()
+        elif os.environ.get(f"HPC_OFFLOAD_POD_{key.upper()}"):
+            info[key] = os.environ[f"HPC_OFFLOAD_POD_{key.upper()}"]
+    return info

@@ -1,0 +1,73 @@
+"""The transport interface: run a command, move files. Backends build on it, so a workload
+manager is written once and reached over any transport (paper requirement R5)."""
+
+from __future__ import annotations
+
+import shlex
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def describe(self, argv: list[str]) -> str:
+        """One line for an error message: the command and what it said."""
+        said = (self.stderr or self.stdout).strip().splitlines()
+        detail = said[-1] if said else "no output"
+        return f"`{shlex.join(argv)}` exited {self.returncode}: {detail}"
+
+
+class Transport(ABC):
+    """Commands and files on the HPC side. Methods raise TransientError when the link fails."""
+
+    @abstractmethod
+    def run(self, argv: list[str], timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
+        """Run argv (no shell on our side; over SSH each item is quoted)."""
+
+    @abstractmethod
+    def read_from(self, path: str, offset: int, limit: int = 1 << 20) -> bytes | None:
+        """Bytes of a file from offset (at most limit); None if the file does not exist."""
+
+    @abstractmethod
+    def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
+        """Create or replace a file; the mode is set before any byte is written."""
+
+    @abstractmethod
+    def exists(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def mkdir(self, path: str, mode: int = 0o700) -> None:
+        """Create a directory and its parents; no error if it exists."""
+
+    @abstractmethod
+    def remove(self, path: str) -> None:
+        """Remove a file or a directory tree; no error if it is gone."""
+
+    @abstractmethod
+    def listdir(self, path: str) -> list[str]: ...
+
+    @abstractmethod
+    def is_dir(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def upload(self, local_path: str, remote_path: str) -> None:
+        """Copy one local file to the HPC side (directories are walked by the caller)."""
+
+    @abstractmethod
+    def download(self, remote_path: str, local_path: str) -> None:
+        """Copy one HPC-side file here."""
+
+    @abstractmethod
+    def home(self) -> str:
+        """The HPC user's home directory, to resolve relative work dirs."""
+
+    def close(self) -> None:  # noqa: B027 - optional for transports holding nothing
+        """Release connections."""
