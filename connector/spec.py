@@ -181,11 +181,11 @@ def parse_staging(value: str | Sequence[Mapping[str, str]], what: str) -> list[S
     """`src:dst,src:dst` (annotation form) or a list of {"src", "dst"} objects."""
     pairs: list[StagePair] = []
     if isinstance(value, str):
-        raw = [item.strip() for item in value.split(",") if item.strip()]
-        for item in raw:
-            src, sep, dst = item.partition(":")
+        raw = [part.strip() for part in value.split(",") if part.strip()]
+        for text in raw:
+            src, sep, dst = text.partition(":")
             if not sep or not src or not dst:
-                raise SpecError(f"{what}: {item!r} is not SRC:DST (e.g. /data/in.csv:input/in.csv)")
+                raise SpecError(f"{what}: {text!r} is not SRC:DST (e.g. /data/in.csv:input/in.csv)")
             pairs.append(StagePair(src=src, dst=dst))
     else:
         for entry in value:
