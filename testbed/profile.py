@@ -27,10 +27,10 @@ def configuration(kind: str, host: str) -> dict[str, object]:
     if kind == "slurm-ssh":
         return {"host": host, "port": layout.SSH_PORT, "user": layout.TEST_USER,
                 "workdir": workdir, "partition": layout.PARTITION,
-                "runtime": "charliecloud", "image_dir": str(image.image_dir())}
+                "runtime": "charliecloud", "image": str(image.image_dir())}
     if kind == "slurm-local":
         return {"workdir": workdir, "partition": layout.PARTITION,
-                "runtime": "charliecloud", "image_dir": str(image.image_dir())}
+                "runtime": "charliecloud", "image": str(image.image_dir())}
     if kind == "slurm-rest":
         return {"endpoint": rest.url(host), "user": layout.TEST_USER,
                 "api_version": layout.REST_API_VERSION, "workdir": workdir,

@@ -182,7 +182,7 @@ def test_profile_slurm_ssh_is_configmap_and_secret_that_work(tb):
     conf = json.loads(cm["data"]["configuration"])
     assert conf == {"host": "127.0.0.1", "port": 2222, "user": "hpcuser",
                     "workdir": str(tb.workdir), "partition": "debug",
-                    "runtime": "charliecloud", "image_dir": str(tb.image_dir)}
+                    "runtime": "charliecloud", "image": str(tb.image_dir)}
     # the credentials are enough to log in with strict host key checking
     key = paramiko.Ed25519Key.from_private_key(io.StringIO(secret["stringData"]["ssh-privatekey"]))
     hosts = paramiko.HostKeys()
