@@ -1,0 +1,395 @@
+"""The pure mutation: an annotated pod becomes a pod whose container is the connector.
+
+No I/O, no typed client models: the raw pod dict is deep-copied and edited, so every field
+this code does not know about (native-sidecar `restartPolicy`, new API fields) survives
+untouched (berglas#264). The exact output is docs/mutation-contract.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from fractions import Fraction
+from typing import Any
+
+from connector.errors import SpecError
+from connector.render import hpc_image
+from connector.spec import JobSpec, SlurmOptions, seconds_to_slurm_time
+from webhook.annotations import (
+    INJECTED,
+    JOB_SPEC,
+    PREFIX,
+    STATUS,
+    AdmissionDenied,
+    Annotations,
+    parse_annotations,
+    quote,
+)
+from webhook.config import WebhookConfig
+from webhook.policy import Policy, Rule
+
+__all__ = ["AdmissionDenied", "mutate", "read_job_spec", "copy_json", "parse_quantity"]
+
+BASE = "/var/run/hpc-offload"
+PODINFO, PROFILE, STATE = "hpc-offload-podinfo", "hpc-offload-profile", "hpc-offload-state"
+PODINFO_DIR, PROFILE_DIR, STATE_DIR = f"{BASE}/podinfo", f"{BASE}/profile", f"{BASE}/state"
+CONNECTOR_COMMAND = (
+    "hpc-connector", "run", "--spec", f"{PODINFO_DIR}/job-spec.json",
+    "--profile", PROFILE_DIR, "--state-dir", STATE_DIR,
+)
+PRE_STOP = ("/bin/sh", "-c", "kill -INT 1")
+DEFAULT_GRACE_SECONDS = 30
+# Container fields that would act on the connector instead of the job, or hold it open.
+_REMOVED = ("args", "workingDir", "livenessProbe", "readinessProbe", "startupProbe",
+            "stdin", "stdinOnce", "tty")
+
+_QUANTITY = re.compile(
+    r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:[eE]([+-]?\d{1,2})|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E))?$"
+)
+_SUFFIX: dict[str, Fraction] = {
+    "n": Fraction(1, 10**9), "u": Fraction(1, 10**6), "m": Fraction(1, 1000), "": Fraction(1),
+    "k": Fraction(10**3), "M": Fraction(10**6), "G": Fraction(10**9), "T": Fraction(10**12),
+    "P": Fraction(10**15), "E": Fraction(10**18), "Ki": Fraction(2**10), "Mi": Fraction(2**20),
+    "Gi": Fraction(2**30), "Ti": Fraction(2**40), "Pi": Fraction(2**50), "Ei": Fraction(2**60),
+}
+MIB = 2**20
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of JSON-shaped data, several times faster than copy.deepcopy."""
+    if isinstance(value, dict):
+        return {k: copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_json(v) for v in value]
+    return value
+
+
+def mutate(
+    pod: Mapping[str, Any], namespace: str, config: WebhookConfig, policy: Policy | None
+) -> dict[str, Any]:
+    """The pod as the webhook admits it: a deep copy, rewritten when annotated.
+
+    Unannotated and already-injected pods come back unchanged, so mutate(mutate(p)) ==
+    mutate(p). Raises AdmissionDenied (400 bad value, 403 policy).
+    """
+    result = copy_json(pod)
+    if not isinstance(result, dict):
+        raise AdmissionDenied("the object is not a pod (expected a JSON object)")
+    metadata = result.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise AdmissionDenied("metadata: must be an object")
+    annotations = (metadata or {}).get("annotations")
+    parsed = parse_annotations(annotations)
+    if parsed.injected or not parsed.offloaded:
+        return result
+    assert parsed.backend is not None and isinstance(metadata, dict)
+    spec = result.get("spec")
+    if not isinstance(spec, dict):
+        raise AdmissionDenied("spec: the pod has no spec")
+    container = _select_container(spec, parsed.container)
+    rule = policy.rule_for(namespace) if policy is not None else None
+    job = build_job_spec(container, spec, parsed, rule, config.gpu_resource_names)
+    if rule is not None:
+        rule.check(job, parsed.backend)
+    _check_reserved(spec, container)
+    _check_staging(container, job)
+
+    annotations = metadata["annotations"]
+    annotations[JOB_SPEC] = job_spec_json(job)
+    annotations[STATUS] = INJECTED
+    _make_connector(container, config)
+    _mutate_pod_spec(spec, parsed.backend, config)
+    return result
+
+
+def job_spec_json(job: JobSpec) -> str:
+    """The annotation value: no `pod` (unknown at admission) and no literal env values."""
+    data = job.to_dict()
+    data.pop("pod", None)
+    data.pop("env", None)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def read_job_spec(pod: Mapping[str, Any]) -> JobSpec | None:
+    """The job spec a mutated pod carries (what the connector will read), else None."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    text = annotations.get(JOB_SPEC)
+    return JobSpec.from_json(text) if text else None
+
+
+# --- the job spec ---------------------------------------------------------------------------
+
+def build_job_spec(
+    container: dict[str, Any],
+    pod_spec: Mapping[str, Any],
+    ann: Annotations,
+    rule: Rule | None,
+    gpu_names: tuple[str, ...],
+) -> JobSpec:
+    """The container and annotations as a JobSpec; the policy's defaults fill the gaps."""
+    name = container["name"]
+    defaults = rule.defaults if rule is not None else None
+    resources = container.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise AdmissionDenied(f"container {quote(name)}: resources must be an object")
+    requests = _resource_map(resources, "requests", name)
+    limits = _resource_map(resources, "limits", name)
+
+    cpu = requests.get("cpu", limits.get("cpu"))
+    memory = requests.get("memory", limits.get("memory"))
+    cpus = math.ceil(parse_quantity(cpu, f"container {quote(name)}: cpu")) if cpu is not None \
+        else None
+    mem = None
+    if memory is not None:
+        mib = math.ceil(parse_quantity(memory, f"container {quote(name)}: memory") / MIB)
+        mem = f"{mib}M" if mib > 0 else None
+    # the annotation wins; "" (gpus: 0) means none
+    gres = _gres_from_limits(requests, limits, name, gpu_names) if ann.gpus is None \
+        else ann.gpus or None
+
+    time = ann.time
+    if time is None:
+        deadline = pod_spec.get("activeDeadlineSeconds")
+        if deadline is not None:
+            if isinstance(deadline, bool) or not isinstance(deadline, int) or deadline < 1:
+                raise AdmissionDenied(
+                    f"spec.activeDeadlineSeconds: {deadline!r} must be a whole number of "
+                    "seconds, 1 or more")
+            time = seconds_to_slurm_time(deadline)
+    if time is None and rule is not None:
+        time = rule.default_time()
+    runtime = ann.runtime or (rule.default_runtime() if rule is not None else None)
+
+    env_names: dict[str, None] = {}
+    for item in container.get("env") or []:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise AdmissionDenied(f"container {quote(name)}: env entries need a name")
+        env_names[item["name"]] = None
+    working_dir = container.get("workingDir")
+    try:
+        slurm = SlurmOptions(
+            partition=ann.partition or (defaults.partition if defaults else None),
+            account=ann.account or (defaults.account if defaults else None),
+            qos=ann.qos or (defaults.qos if defaults else None),
+            time=time,
+            nodes=ann.nodes,
+            ntasks=ann.ntasks,
+            cpus_per_task=cpus if cpus and cpus > 0 else None,
+            mem=mem,
+            gres=gres,
+            extra_args=ann.sbatch_args,
+        )
+        job = JobSpec(
+            image=_image(container.get("image"), name),
+            hpc_image=ann.image,
+            command=_strings(container.get("command"), name, "command"),
+            args=_strings(container.get("args"), name, "args"),
+            env_passthrough=tuple(env_names),
+            env_from=bool(container.get("envFrom")),
+            working_dir=working_dir if isinstance(working_dir, str) and working_dir else None,
+            runtime=runtime,
+            slurm=slurm,
+            logs=ann.logs or "stream",
+            poll_interval=ann.poll_interval,
+            stage_in=ann.stage_in,
+            stage_out=ann.stage_out,
+            script=ann.script,
+            container=name,
+        )
+        job.check_runnable()
+        if (rule is not None and rule.pins_image() and job.hpc_image is None
+                and job.script is None and job.effective_runtime() != "none"):
+            # The profile may name an image too; pinning keeps the policy's prefix check true.
+            job = replace(job, hpc_image=hpc_image(job))
+    except SpecError as exc:
+        raise AdmissionDenied(f"container {quote(name)}: {exc.message}") from None
+    return job
+
+
+def parse_quantity(value: Any, what: str) -> Fraction:
+    """A Kubernetes quantity (`500m`, `1.5`, `1Gi`, `500M`, `1e3`) as an exact number."""
+    text = str(value).strip() if isinstance(value, str | int | float) and \
+        not isinstance(value, bool) else ""
+    match = _QUANTITY.match(text) if len(text) <= 64 else None
+    if not match:
+        raise AdmissionDenied(f"{what}: {quote(value)} is not a Kubernetes quantity "
+                              "(e.g. 500m, 2, 512Mi, 1G)")
+    number, exponent, suffix = match.groups()
+    amount = Fraction(number) * (Fraction(10) ** int(exponent) if exponent else _SUFFIX[suffix
+                                                                                        or ""])
+    if amount < 0:
+        raise AdmissionDenied(f"{what}: {quote(value)} may not be negative")
+    return amount
+
+
+def _resource_map(resources: Mapping[str, Any], kind: str, name: str) -> dict[str, Any]:
+    values = resources.get(kind) or {}
+    if not isinstance(values, dict):
+        raise AdmissionDenied(f"container {quote(name)}: resources.{kind} must be an object")
+    return values
+
+
+def _gres_from_limits(requests: Mapping[str, Any], limits: Mapping[str, Any], name: str,
+                      gpu_names: tuple[str, ...]) -> str | None:
+    """`gpu:N` from the GPU resources' limits (extended resources: requests equal limits)."""
+    total = 0
+    for resource in gpu_names:
+        value = limits.get(resource, requests.get(resource))
+        if value is None:
+            continue
+        count = parse_quantity(value, f"container {quote(name)}: {resource}")
+        if count.denominator != 1:
+            raise AdmissionDenied(f"container {quote(name)}: {resource}: {quote(value)} must be "
+                                  "a whole number of devices")
+        total += int(count)
+    return f"gpu:{total}" if total else None
+
+
+def _image(value: Any, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value.startswith("-") or any(c.isspace() for c in value):
+        raise AdmissionDenied(f"container {quote(name)}: image {quote(value)} is not an image "
+                              "name (no spaces, not starting with '-')")
+    return value
+
+
+def _strings(value: Any, name: str, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AdmissionDenied(f"container {quote(name)}: {what} must be a list of strings")
+    return tuple(value)
+
+
+# --- the pod --------------------------------------------------------------------------------
+
+def _select_container(spec: dict[str, Any], wanted: str | None) -> dict[str, Any]:
+    containers = spec.get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise AdmissionDenied("spec.containers: the pod has no containers to offload")
+    for container in containers:
+        if not isinstance(container, dict) or not isinstance(container.get("name"), str):
+            raise AdmissionDenied("spec.containers: every container needs a name")
+    names = [c["name"] for c in containers]
+    if wanted is not None:
+        for container in containers:
+            if container["name"] == wanted:
+                return container
+        inits = [c.get("name") for c in spec.get("initContainers") or [] if isinstance(c, dict)]
+        if wanted in inits:
+            raise AdmissionDenied(
+                f"{PREFIX}container: {quote(wanted)} is an init container; only regular "
+                f"containers can be offloaded: {', '.join(names)}")
+        raise AdmissionDenied(f"{PREFIX}container: {quote(wanted)} is not a container of this "
+                              f"pod; use one of {', '.join(names)}")
+    if len(containers) == 1:
+        return containers[0]
+    raise AdmissionDenied(f"{PREFIX}container: missing; the pod has {len(containers)} containers "
+                          f"({', '.join(names)}): name the one to offload")
+
+
+def _check_reserved(spec: Mapping[str, Any], container: Mapping[str, Any]) -> None:
+    for volume in spec.get("volumes") or []:
+        if isinstance(volume, dict) and volume.get("name") in (PODINFO, PROFILE, STATE):
+            raise AdmissionDenied(f"spec.volumes: the name {quote(volume['name'])} is reserved "
+                                  "for hpc-offload; rename the volume")
+    for mount in _mounts(container):
+        path = str(mount.get("mountPath", "")).rstrip("/")
+        if path == BASE or path.startswith(BASE + "/") or BASE.startswith(path + "/"):
+            raise AdmissionDenied(f"container {quote(container['name'])}: mountPath "
+                                  f"{quote(mount.get('mountPath'))} overlaps {BASE}, which "
+                                  "hpc-offload uses; mount it elsewhere")
+
+
+def _check_staging(container: Mapping[str, Any], job: JobSpec) -> None:
+    """Staged pod paths must be on volumes: the connector's root filesystem is read-only and
+    is not the original image's, so only mounted data is there to copy."""
+    mounts = [(str(m.get("mountPath", "")).rstrip("/"), bool(m.get("readOnly")))
+              for m in _mounts(container)]
+    for key, pairs, writable in (("stage-in", job.stage_in, False),
+                                 ("stage-out", job.stage_out, True)):
+        for pair in pairs:
+            inside = [ro for path, ro in mounts if pair.src == path or
+                      pair.src.startswith(path + "/")]
+            if not inside:
+                raise AdmissionDenied(
+                    f"{PREFIX}{key}: the pod path {quote(pair.src)} is not inside a volumeMount "
+                    f"of container {quote(container['name'])}; mount a volume there (the "
+                    "connector's own filesystem is read-only)")
+            if writable and all(inside):
+                raise AdmissionDenied(
+                    f"{PREFIX}{key}: the pod path {quote(pair.src)} is on a readOnly "
+                    f"volumeMount of container {quote(container['name'])}; results cannot be "
+                    "copied there")
+
+
+def _mounts(container: Mapping[str, Any]) -> list[dict[str, Any]]:
+    mounts = container.get("volumeMounts") or []
+    if not isinstance(mounts, list):
+        raise AdmissionDenied(f"container {quote(container['name'])}: volumeMounts must be a list")
+    return [m for m in mounts if isinstance(m, dict)]
+
+
+def _make_connector(container: dict[str, Any], config: WebhookConfig) -> None:
+    """Rewrite the offloaded container in place (key order kept: a small, readable patch)."""
+    for key in _REMOVED:
+        container.pop(key, None)
+    container["image"] = config.connector_image
+    container["imagePullPolicy"] = config.image_pull_policy
+    container["command"] = list(CONNECTOR_COMMAND)
+    container["resources"] = {kind: dict(values)
+                              for kind, values in config.connector_resources.items()}
+    mounts = container.get("volumeMounts")
+    if not isinstance(mounts, list):
+        mounts = container["volumeMounts"] = []
+    mounts += [
+        {"name": PODINFO, "mountPath": PODINFO_DIR, "readOnly": True},
+        {"name": PROFILE, "mountPath": PROFILE_DIR, "readOnly": True},
+        {"name": STATE, "mountPath": STATE_DIR},
+    ]
+    container["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": config.run_as_user,
+        "runAsGroup": config.run_as_group,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container["lifecycle"] = {"preStop": {"exec": {"command": list(PRE_STOP)}}}
+    container["terminationMessagePath"] = "/dev/termination-log"
+    container["terminationMessagePolicy"] = "FallbackToLogsOnError"
+
+
+def _mutate_pod_spec(spec: dict[str, Any], backend: str, config: WebhookConfig) -> None:
+    grace = spec.get("terminationGracePeriodSeconds")
+    if isinstance(grace, bool) or not isinstance(grace, int):
+        grace = None
+    spec["terminationGracePeriodSeconds"] = max(grace or DEFAULT_GRACE_SECONDS,
+                                                config.min_grace_seconds)
+    security = spec.get("securityContext")
+    if not isinstance(security, dict):
+        security = spec["securityContext"] = {}
+    if security.get("fsGroup") is None:
+        security["fsGroup"] = config.fs_group
+    volumes = spec.get("volumes")
+    if not isinstance(volumes, list):
+        volumes = spec["volumes"] = []
+    volumes += [
+        {"name": PODINFO, "downwardAPI": {"items": [
+            {"path": "job-spec.json",
+             "fieldRef": {"fieldPath": f"metadata.annotations['{JOB_SPEC}']"}},
+            {"path": "pod-uid", "fieldRef": {"fieldPath": "metadata.uid"}},
+            {"path": "pod-name", "fieldRef": {"fieldPath": "metadata.name"}},
+            {"path": "pod-namespace", "fieldRef": {"fieldPath": "metadata.namespace"}},
+        ]}},
+        {"name": PROFILE, "projected": {"defaultMode": 0o400, "sources": [
+            {"configMap": {"name": backend}},
+            {"secret": {"name": backend, "optional": True}},
+        ]}},
+        {"name": STATE, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+    ]

@@ -1,0 +1,387 @@
+"""Cluster policy: which namespaces may offload what, with limits and defaults.
+
+One YAML file, mounted from a ConfigMap, selects namespaces by name glob. Admission never
+reads the API server (a namespace-label lookup would add latency and a failure mode to every
+admission: see docs/policy.md). A violation is a 403 naming the rule; no file means no policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import translate
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from connector.errors import SpecError
+from connector.render import hpc_image
+from connector.spec import (
+    RUNTIMES,
+    JobSpec,
+    check_name,
+    check_positive_int,
+    check_slurm_time,
+    slurm_time_to_seconds,
+)
+from webhook.annotations import PREFIX, AdmissionDenied, quote
+
+log = logging.getLogger(__name__)
+
+_TRAILING_INT = re.compile(r"(\d+)$")
+
+
+class PolicyError(ValueError):
+    """The policy file is invalid (reported by the loader, never to a pod's owner)."""
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Values applied when the pod does not say."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None
+    runtime: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One policy rule; the first rule whose namespace globs match applies."""
+
+    name: str
+    namespaces: tuple[str, ...] = ("*",)
+    profiles: tuple[str, ...] | None = None  # globs; None: any
+    runtimes: tuple[str, ...] | None = None
+    images: tuple[str, ...] | None = None  # prefixes; None: any
+    max_time: str | None = None
+    max_gpus: int | None = None
+    max_nodes: int | None = None
+    allow_scripts: bool = True
+    defaults: Defaults = field(default_factory=Defaults)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_ns", _globs(self.namespaces))
+        object.__setattr__(self, "_profiles", _globs(self.profiles) if self.profiles else None)
+        seconds = slurm_time_to_seconds(self.max_time) if self.max_time else None
+        object.__setattr__(self, "_max_seconds", seconds)
+
+    def matches(self, namespace: str) -> bool:
+        return bool(self._ns.match(namespace))  # type: ignore[attr-defined]
+
+    def default_runtime(self) -> str | None:
+        """With `runtimes` set the runtime is pinned, so a profile cannot pick another."""
+        if self.defaults.runtime:
+            return self.defaults.runtime
+        return self.runtimes[0] if self.runtimes else None
+
+    def default_time(self) -> str | None:
+        """With `maxTime` set the time is pinned, so a partition default cannot exceed it."""
+        return self.defaults.time or self.max_time
+
+    def pins_image(self) -> bool:
+        return self.images is not None
+
+    def check(self, spec: JobSpec, backend: str) -> None:
+        """Raise AdmissionDenied(403) naming this rule for the first violation."""
+        profiles = self._profiles  # type: ignore[attr-defined]
+        if profiles is not None and not profiles.match(backend):
+            self._deny(f"{PREFIX}backend {quote(backend)} is not an allowed profile; "
+                       f"allowed: {', '.join(self.profiles or ())}")
+        if spec.script is not None:
+            if not self.allow_scripts:
+                self._deny(f"{PREFIX}script is not allowed (allowScripts: false); "
+                           "remove it so the webhook renders the script")
+        else:
+            if self.runtimes is not None and spec.runtime not in self.runtimes:
+                self._deny(f"{PREFIX}runtime {quote(spec.runtime)} is not allowed; "
+                           f"allowed: {', '.join(self.runtimes)}")
+            if self.images is not None and spec.effective_runtime() != "none":
+                image = hpc_image(spec)
+                bare = image.removeprefix("docker://")
+                if not any(image.startswith(p) or bare.startswith(p) for p in self.images):
+                    self._deny(f"image {quote(image)} is not allowed; images must start with "
+                               f"one of: {', '.join(self.images)}")
+        max_seconds = self._max_seconds  # type: ignore[attr-defined]
+        if self.max_time is not None and spec.slurm.time is not None:
+            seconds = slurm_time_to_seconds(spec.slurm.time)
+            if seconds is None or (max_seconds is not None and seconds > max_seconds):
+                self._deny(f"{PREFIX}time {quote(spec.slurm.time)} exceeds the maximum "
+                           f"{self.max_time}")
+        if self.max_nodes is not None and (spec.slurm.nodes or 1) > self.max_nodes:
+            self._deny(f"{PREFIX}nodes {spec.slurm.nodes} exceeds the maximum {self.max_nodes}")
+        if self.max_gpus is not None:
+            gpus = count_gpus(spec)
+            if gpus > self.max_gpus:
+                self._deny(f"the job asks for {gpus} GPUs (gpus/GPU limits × nodes, "
+                           f"--gpus-per-node, --gpus-per-task); the maximum is {self.max_gpus}")
+
+    def _deny(self, message: str) -> None:
+        raise AdmissionDenied(f"policy rule {quote(self.name)}: {message}", 403)
+
+
+def count_gpus(spec: JobSpec) -> int:
+    """GPUs a job can hold in total: gres and per-node counts are per node (SLURM)."""
+    slurm = spec.slurm
+    nodes, tasks = slurm.nodes or 1, slurm.ntasks or 1
+    total = _count(slurm.gres.split(":", 1)[1]) * nodes if slurm.gres else 0
+    for arg in slurm.extra_args:
+        option, _, value = arg.partition("=")
+        if option == "--gpus-per-node":
+            total += _count(value) * nodes
+        elif option == "--gpus-per-task":
+            total += _count(value) * tasks
+    return total
+
+
+def _count(value: str) -> int:
+    """`2`, `a100:2`, `a100:2,v100:1` → 2, 2, 3."""
+    total = 0
+    for part in value.split(","):
+        match = _TRAILING_INT.search(part)
+        total += int(match.group(1)) if match else 1
+    return total
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The whole file: ordered rules and what happens to a namespace no rule matches."""
+
+    rules: tuple[Rule, ...] = ()
+    unmatched: str = "deny"
+
+    def rule_for(self, namespace: str) -> Rule | None:
+        """The first matching rule; None when unmatched namespaces are allowed freely."""
+        for rule in self.rules:
+            if rule.matches(namespace):
+                return rule
+        if self.unmatched == "allow":
+            return None
+        names = ", ".join(rule.name for rule in self.rules) or "none"
+        raise AdmissionDenied(
+            f"policy: no rule admits namespace {quote(namespace)} (rules: {names}; "
+            "unmatched: deny); ask a cluster administrator to add one",
+            403,
+        )
+
+    @classmethod
+    def from_yaml(cls, text: str | bytes) -> Policy:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise PolicyError(f"not valid YAML: {exc}") from None
+        return cls.from_mapping(data or {})
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> Policy:
+        if not isinstance(data, Mapping):
+            raise PolicyError("the policy must be a mapping with 'rules'")
+        data = _keys(data, {"rules", "unmatched", "api_version", "kind"}, "policy")
+        unmatched = str(data.get("unmatched", "deny"))
+        if unmatched not in ("deny", "allow"):
+            raise PolicyError(f"unmatched: {unmatched!r} must be deny or allow")
+        raw_rules = data.get("rules") or []
+        if not isinstance(raw_rules, list):
+            raise PolicyError("rules: must be a list")
+        rules = tuple(_rule(item, index) for index, item in enumerate(raw_rules))
+        names = [rule.name for rule in rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise PolicyError(f"rules: duplicate rule name(s): {', '.join(duplicates)}")
+        return cls(rules=rules, unmatched=unmatched)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Policy:
+        try:
+            return cls.from_yaml(Path(path).read_bytes())
+        except OSError as exc:
+            raise PolicyError(f"cannot read {path}: {exc}") from None
+
+
+_RULE_KEYS = {"name", "namespaces", "profiles", "runtimes", "images", "max_time", "max_gpus",
+              "max_nodes", "allow_scripts", "defaults"}
+
+
+def _rule(item: Any, index: int) -> Rule:
+    where = f"rules[{index}]"
+    if not isinstance(item, Mapping):
+        raise PolicyError(f"{where}: must be a mapping")
+    data = _keys(item, _RULE_KEYS, where)
+    name = str(data.get("name") or f"rule-{index}")
+    where = f"rule {name!r}"
+    try:
+        runtimes = _strings(data.get("runtimes"), f"{where}: runtimes")
+        for runtime in runtimes or ():
+            if runtime not in RUNTIMES:
+                raise PolicyError(f"{where}: runtime {runtime!r} is not one of "
+                                  f"{', '.join(RUNTIMES)}")
+        defaults = _defaults(data.get("defaults"), where)
+        if runtimes and defaults.runtime and defaults.runtime not in runtimes:
+            raise PolicyError(f"{where}: defaults.runtime {defaults.runtime!r} is not in runtimes")
+        max_time = _time_text(data.get("max_time"), f"{where}: maxTime")
+        return Rule(
+            name=name,
+            namespaces=_strings(data.get("namespaces"), f"{where}: namespaces") or ("*",),
+            profiles=_strings(data.get("profiles"), f"{where}: profiles"),
+            runtimes=runtimes,
+            images=_strings(data.get("images"), f"{where}: images"),
+            max_time=check_slurm_time(max_time, f"{where}: maxTime") if max_time else None,
+            max_gpus=_limit(data.get("max_gpus"), f"{where}: maxGpus"),
+            max_nodes=_limit(data.get("max_nodes"), f"{where}: maxNodes"),
+            allow_scripts=_bool(data.get("allow_scripts", True), f"{where}: allowScripts"),
+            defaults=defaults,
+        )
+    except SpecError as exc:
+        raise PolicyError(exc.message) from None
+
+
+def _defaults(value: Any, where: str) -> Defaults:
+    if value is None:
+        return Defaults()
+    if not isinstance(value, Mapping):
+        raise PolicyError(f"{where}: defaults must be a mapping")
+    data = _keys(value, {"partition", "account", "qos", "time", "runtime"}, f"{where}: defaults")
+    out: dict[str, str] = {}
+    for key in ("partition", "account", "qos"):
+        if data.get(key) is not None:
+            out[key] = check_name(data[key], f"{where}: defaults.{key}")
+    if data.get("time") is not None:
+        text = _time_text(data["time"], f"{where}: defaults.time")
+        out["time"] = check_slurm_time(str(text), f"{where}: defaults.time")
+    if data.get("runtime") is not None:
+        runtime = str(data["runtime"]).lower()
+        if runtime not in RUNTIMES:
+            raise PolicyError(f"{where}: defaults.runtime {runtime!r} is not one of "
+                              f"{', '.join(RUNTIMES)}")
+        out["runtime"] = runtime
+    return Defaults(**out)
+
+
+def _keys(data: Mapping[Any, Any], known: set[str], where: str) -> dict[str, Any]:
+    """Keys in snake_case (camelCase, as in Kubernetes YAML, is accepted); unknown ones fail."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = re.sub(r"(?<!^)(?=[A-Z])", "_", str(key)).lower()
+        if name not in known:
+            raise PolicyError(f"{where}: unknown key {key!r}")
+        out[name] = value
+    return out
+
+
+def _time_text(value: Any, where: str) -> str | None:
+    """Times must be quoted: YAML 1.1 reads an unquoted 2:00:00 as the number 7200."""
+    if value is None or isinstance(value, str):
+        return value
+    raise PolicyError(f"{where}: {value!r} must be a quoted SLURM time, e.g. \"2:00:00\" "
+                      "(unquoted H:MM:SS values are read by YAML as numbers)")
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise PolicyError(f"{where}: must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _limit(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise PolicyError(f"{where}: {value!r} is not a whole number")
+    if value == 0 or value == "0":
+        return 0
+    return check_positive_int(value, where)
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise PolicyError(f"{where}: {value!r} must be true or false")
+    return value
+
+
+def _globs(patterns: tuple[str, ...] | None) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{translate(p)})" for p in patterns or ()))
+
+
+class PolicyStore:
+    """The current policy, reloaded when its file changes; cheap on the hot path.
+
+    `get()` costs a clock read except at most once per `interval` seconds, when it stats the
+    file (a ConfigMap update swaps a symlink, changing mtime and inode) and re-reads it only
+    if the stat changed, re-parsing only if the bytes changed. A broken new file is logged and
+    the last good policy stays in force, so an admin's typo never opens or closes the cluster.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = os.fspath(path) if path else None
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._policy: Policy | None = None
+        self._stat: tuple[int, int, int] | None = None
+        self._digest: bytes | None = None
+        self._checked = clock()
+        self.last_error: str | None = None
+        if self.path is not None:
+            self._policy = self._load(strict=True)
+
+    @classmethod
+    def of(cls, policy: Policy | None) -> PolicyStore:
+        """A store holding a fixed policy (tests, `hpc-offload render --policy`)."""
+        store = cls(None)
+        store._policy = policy
+        return store
+
+    def get(self) -> Policy | None:
+        due = self.path is not None and self._clock() - self._checked >= self.interval
+        if due and self._lock.acquire(blocking=False):  # one thread reloads, the others go on
+            try:
+                self._checked = self._clock()
+                policy = self._load(strict=False)
+                if policy is not None:
+                    self._policy = policy
+            finally:
+                self._lock.release()
+        return self._policy
+
+    def _load(self, strict: bool) -> Policy | None:
+        """The new policy, or None when unchanged or broken (then logged, not raised)."""
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+            stat = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if stat == self._stat:
+                return None
+            data = Path(self.path).read_bytes()
+            digest = hashlib.sha256(data).digest()
+            if digest == self._digest:
+                self._stat = stat
+                return None
+            policy = Policy.from_yaml(data)
+        except (OSError, PolicyError) as exc:
+            message = f"policy file {self.path}: {exc}"
+            if strict:
+                raise PolicyError(message) from None
+            if message != self.last_error:
+                log.error("%s; keeping the last good policy", message)
+            self.last_error = message
+            return None
+        self._stat, self._digest, self.last_error = stat, digest, None
+        log.info("policy loaded from %s (%d rules)", self.path, len(policy.rules))
+        return policy
