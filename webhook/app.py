@@ -22,6 +22,7 @@ from webhook.tls import ReloadingContext
 log = logging.getLogger("hpc_offload.request")
 
 MAX_BODY = 7 * 1024 * 1024  # the API server's own request limit is ~3 MiB; 7 MiB as istio
+DRAIN_LIMIT = 4 * MAX_BODY  # beyond this, close without reading on
 NOOP_BODY = b'{"ok":true}'
 
 
@@ -34,30 +35,34 @@ def _error(status: int, reason: str) -> Response:
     return _json({"error": reason}, status)
 
 
-def outcome_of(status: int, review: dict[str, Any]) -> str:
-    """One of metrics.OUTCOMES, read from handle_review's answer."""
-    if status != 200:
-        return "bad_request"
-    response = review.get("response") or {}
-    if not response.get("allowed", False):
-        return "denied"
-    return "mutated" if response.get("patch") else "allowed_unchanged"
-
-
 def _policy_status(policy_store: Any) -> tuple[bool, str]:
-    """Whether the cluster policy is loaded and valid (the store reloads itself)."""
-    error = getattr(policy_store, "error", None)
-    if callable(error):
-        error = error()
-    return (error is None, str(error) if error is not None else "ok")
+    """Whether a valid policy is in force. A broken new file does not make us unready: the
+    store keeps the last good policy, and pulling every replica out of the Service over an
+    admin's typo would block all offloaded pods."""
+    policy = policy_store.get()
+    if policy_store.path is not None and policy is None:
+        return False, f"not loaded: {policy_store.last_error}"
+    state = "none configured" if policy is None else f"{len(policy.rules)} rule(s) from " \
+        f"{policy_store.path}"
+    if policy_store.last_error:
+        state += f"; last reload failed, keeping the last good policy: {policy_store.last_error}"
+    return True, state
 
 
 def _read_body() -> bytes:
-    """The request body, at most MAX_BODY bytes (also for chunked bodies without a length)."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
+    """The request body, at most MAX_BODY bytes (also for chunked bodies without a length).
+
+    An oversized body is read to its end (up to DRAIN_LIMIT) before the 413, because a client
+    still sending when we close gets a TLS EOF instead of our reason.
+    """
+    length = request.content_length
+    if length is not None and length > DRAIN_LIMIT:
         raise RequestEntityTooLarge()
     body = request.stream.read(MAX_BODY + 1)
     if len(body) > MAX_BODY:
+        drained = len(body)
+        while drained < DRAIN_LIMIT and (chunk := request.stream.read(1 << 20)):
+            drained += len(chunk)
         raise RequestEntityTooLarge()
     return body
 
@@ -67,24 +72,22 @@ def create_app(
 ) -> Flask:
     """The Flask app; `tls` (when served over TLS) feeds /readyz."""
     app = Flask("hpc_offload_webhook")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
 
     @app.post("/mutate")
     def mutate() -> Response:
         start = time.perf_counter()
         body = _read_body()
-        status, review = handle_review(body, config, policy_store)
-        outcome = outcome_of(status, review)
+        result = handle_review(body, config, policy_store)
+        status, review = result
         elapsed = time.perf_counter() - start
-        metrics.observe(outcome, elapsed)
-        response = review.get("response") or {}
+        metrics.observe(result.outcome, elapsed)
         log.info(
             "admission",
             extra={
-                "uid": response.get("uid"),
-                "outcome": outcome,
+                "uid": (review.get("response") or {}).get("uid"),
+                "outcome": result.outcome,
                 "status": status,
-                "reason": (response.get("status") or {}).get("message") or review.get("error"),
+                "reason": result.reason,
                 "latency_ms": round(elapsed * 1000, 3),
                 "remote": request.remote_addr,
             },

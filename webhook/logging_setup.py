@@ -14,7 +14,7 @@ from typing import Any
 
 FIELDS = (
     "uid", "kind", "namespace", "operation", "outcome", "status", "latency_ms", "method",
-    "path", "remote", "reason", "serial", "not_after", "pid", "bind", "workers", "threads",
+    "path", "remote", "reason", "serial", "not_after", "bind", "workers", "threads",
 )
 
 
@@ -28,6 +28,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            "pid": record.process,
         }
         for name in FIELDS:
             value = record.__dict__.get(name)

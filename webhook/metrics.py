@@ -19,8 +19,9 @@ from prometheus_client import (
     multiprocess,
 )
 
+from webhook.admission import OUTCOMES
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-OUTCOMES = ("allowed_unchanged", "mutated", "denied", "bad_request")
 # Admission answers in about a millisecond; resolve 0.25–10 ms finely, then coarser up to the
 # API server's timeout.
 LATENCY_BUCKETS = (
