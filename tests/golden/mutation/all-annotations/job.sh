@@ -1,0 +1,20 @@
+#!/bin/bash
+#SBATCH --partition=plgrid-long
+#SBATCH --account=plglab
+#SBATCH --qos=high
+#SBATCH --time=1-12:00:00
+#SBATCH --nodes=2
+#SBATCH --ntasks=8
+#SBATCH --gres=gpu:1
+#SBATCH --constraint=skylake
+#SBATCH --exclusive
+#SBATCH --mail-type=END
+# Rendered by hpc-offload for lab/everything; runtime: singularity.
+# Environment values are in the 0600 env file beside this script, never here.
+if [ -r /HPC_WORKDIR/hpco-POD_UID/job.env ]; then
+  . /HPC_WORKDIR/hpco-POD_UID/job.env
+fi
+singularity exec docker://registry.example.org/lab/app:2.0 app --config params.json
+status=$?
+printf '%s\n' "$status" > /HPC_WORKDIR/hpco-POD_UID/exit-status
+exit "$status"

@@ -1,0 +1,155 @@
+"""AdmissionReview v1 in, AdmissionReview v1 out: the only entry point the server calls.
+
+`handle_review` never raises: a malformed review is HTTP 400 with a reason, a bad pod is an
+`allowed: false` answer with the reason the user sees in `kubectl`, and an unexpected bug is a
+denial too (failurePolicy: Fail would refuse the pod anyway; this way the user sees why).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import jsonpatch
+
+from webhook.annotations import PREFIX, AdmissionDenied
+from webhook.config import WebhookConfig
+from webhook.mutation import mutate
+from webhook.policy import PolicyStore
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "admission.k8s.io/v1"
+_REASONS = {400: "BadRequest", 403: "Forbidden", 500: "InternalError"}
+OUTCOMES = ("allowed_unchanged", "mutated", "denied", "bad_request")
+
+
+class ReviewResult(tuple[int, dict[str, Any]]):
+    """`(http_status, body)`, unpackable as a pair, plus `.outcome` for the metrics and
+    `.reason` for the log line."""
+
+    outcome: str
+    reason: str | None
+
+    def __new__(cls, status: int, body: dict[str, Any], outcome: str,
+                reason: str | None = None) -> ReviewResult:
+        self = super().__new__(cls, (status, body))
+        self.outcome = outcome
+        self.reason = reason
+        return self
+
+    @property
+    def status(self) -> int:
+        return self[0]
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self[1]
+
+
+def handle_review(
+    body: bytes | str, config: WebhookConfig, policy_store: PolicyStore | None = None
+) -> ReviewResult:
+    """Answer one AdmissionReview. `request.dryRun` needs nothing special: admission has no
+    side effects (no API calls, no state), so a dry run gets exactly the real answer."""
+    try:
+        return _handle(body, config, policy_store)
+    except Exception as exc:  # never raise into the server
+        log.exception("admission review could not be handled")
+        return _bad_request(f"internal error: {exc.__class__.__name__}")
+
+
+def _handle(body: bytes | str, config: WebhookConfig,
+            policy_store: PolicyStore | None) -> ReviewResult:
+    try:
+        review = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return _bad_request(f"the body is not JSON: {exc}")
+    except RecursionError:
+        return _bad_request("the body is nested too deeply")
+    if not isinstance(review, dict):
+        return _bad_request("the body is not a JSON object")
+    if review.get("apiVersion") != API_VERSION or review.get("kind") != "AdmissionReview":
+        return _bad_request(
+            f"expected apiVersion {API_VERSION} kind AdmissionReview, got "
+            f"{str(review.get('apiVersion'))[:100]!r} {str(review.get('kind'))[:100]!r}")
+    request = review.get("request")
+    if not isinstance(request, dict):
+        return _bad_request("request: missing")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        return _bad_request("request.uid: missing")
+    if not _is_pod(request):
+        return _bad_request(
+            f"this webhook only admits pods, got {_describe(request)}; check the "
+            "MutatingWebhookConfiguration's rules")
+    if request.get("subResource") or request.get("operation", "CREATE") != "CREATE":
+        return _allow(uid)
+    pod = request.get("object")
+    if not isinstance(pod, dict):
+        return _bad_request("request.object: missing")
+
+    metadata = pod.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    if not isinstance(annotations, dict) or not any(
+        isinstance(key, str) and key.startswith(PREFIX) for key in annotations
+    ):
+        return _allow(uid)  # the matchConditions normally keep these away; cheap anyway
+
+    namespace = request.get("namespace") or (metadata or {}).get("namespace") or "default"
+    policy = policy_store.get() if policy_store is not None else None
+    # managedFields is never ours to change and dominates diff cost (istio): drop it from the
+    # original before copying, so neither side of the diff carries it.
+    if isinstance(metadata, dict):
+        metadata.pop("managedFields", None)
+    try:
+        mutated = mutate(pod, str(namespace), config, policy)
+    except AdmissionDenied as exc:
+        return _deny(uid, exc.code, exc.message)
+    except Exception as exc:
+        log.exception("mutation failed for request %s", uid)
+        return _deny(uid, 500, f"hpc-offload webhook internal error ({exc.__class__.__name__}); "
+                     "please report it")
+    patch = jsonpatch.make_patch(pod, mutated).patch
+    if not patch:
+        return _allow(uid)
+    encoded = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+    response = {"uid": uid, "allowed": True, "patchType": "JSONPatch", "patch": encoded}
+    return ReviewResult(200, _review(response), "mutated")
+
+
+def _is_pod(request: Mapping[str, Any]) -> bool:
+    resource = request.get("resource")
+    if isinstance(resource, dict):
+        return resource.get("group", "") == "" and resource.get("resource") == "pods"
+    kind = request.get("kind")
+    return isinstance(kind, dict) and kind.get("group", "") == "" and kind.get("kind") == "Pod"
+
+
+def _describe(request: Mapping[str, Any]) -> str:
+    for key in ("resource", "kind"):
+        value = request.get(key)
+        if isinstance(value, dict):
+            return "/".join(str(value.get(k, "")) for k in ("group", "version", key))[:200]
+    return "no resource"
+
+
+def _review(response: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+def _allow(uid: str) -> ReviewResult:
+    return ReviewResult(200, _review({"uid": uid, "allowed": True}), "allowed_unchanged")
+
+
+def _deny(uid: str, code: int, message: str) -> ReviewResult:
+    status = {"code": code, "reason": _REASONS.get(code, "BadRequest"), "message": message}
+    response = {"uid": uid, "allowed": False, "status": status}
+    return ReviewResult(200, _review(response), "denied", message)
+
+
+def _bad_request(reason: str) -> ReviewResult:
+    return ReviewResult(400, {"error": reason}, "bad_request", reason)
