@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1
+# One image for the admission webhook and the in-pod connector (non-root, no compilers).
+#
+# BASE_IMAGE must provide python3 (>= 3.11) with venv and pip. The e2e cluster passes a
+# local Debian bookworm image (`hpc-offload e2e cluster load-image`); elsewhere the default
+# public image is used.
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS builder
+# pip settings a build host may pass in (e.g. a CA bundle for a TLS-intercepting proxy)
+ARG PIP_CERT
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_DEFAULT_TIMEOUT=60
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY . .
+# Wheels of the project and every dependency, then a venv installed only from them: the
+# final stage copies the venv, so neither pip caches nor sources nor build tools ship.
+RUN python3 -m venv /opt/hpc-offload \
+ && /opt/hpc-offload/bin/pip wheel --wheel-dir /wheels ".[webhook]" \
+ && /opt/hpc-offload/bin/pip install --no-index --find-links /wheels "hpc-offload[webhook]" \
+ && /opt/hpc-offload/bin/pip uninstall -y pip \
+ && find /opt/hpc-offload -name __pycache__ -prune -exec rm -rf {} +
+
+FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title="hpc-offload" \
+      org.opencontainers.image.description="Kubernetes admission webhook and connector that run pods as HPC (SLURM) jobs" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN (getent group hpc || groupadd --system --gid 10001 hpc) \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /home/hpc --create-home \
+        --shell /usr/sbin/nologin hpc
+COPY --from=builder /opt/hpc-offload /opt/hpc-offload
+ENV PATH=/opt/hpc-offload/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+USER 10001:10001
+WORKDIR /home/hpc
+ENTRYPOINT []
+CMD ["hpc-offload", "--help"]

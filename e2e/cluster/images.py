@@ -1,0 +1,257 @@
+"""Images for the node, made locally with buildah and imported into containerd (no registry).
+
+- pause: a static C binary in an image from scratch; containerd's `sandbox_image`.
+- base: the debootstrap python3 rootfs (testbed.rootfs) as an image, the project Dockerfile's
+  BASE_IMAGE here (its default, python:3.11-slim, would need a registry).
+- project: `buildah bud` of the repo's Dockerfile, tagged hpc-offload:dev and
+  docker.io/library/hpc-offload:dev (what a pod asking for `hpc-offload:dev` resolves to).
+
+Every image is saved as an OCI archive under the cache keyed by a hash of its inputs, so a
+warm run only imports (or finds the image already in containerd).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from e2e.cluster.config import (
+    BASE_IMAGE,
+    CACHE_DIR,
+    PAUSE_IMAGE,
+    PROJECT_IMAGE,
+    PROJECT_IMAGE_FULL,
+    Paths,
+)
+from e2e.cluster.node import ctr
+
+IMAGE_CACHE = CACHE_DIR / "images"
+BUILDAH_ROOT = CACHE_DIR / "buildah" / "storage"
+BUILDAH_RUNROOT = Path("/run/hpc-offload-buildah")
+PAUSE_SRC = Path(__file__).with_name("pause") / "pause.c"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+Progress = Callable[[str], None]
+
+
+def buildah(*args: str, log: Path | None = None) -> str:
+    """buildah on our own vfs store (vfs: works anywhere, no overlay-on-overlay surprises)."""
+    cmd = [
+        "buildah",
+        "--storage-driver=vfs",
+        f"--root={BUILDAH_ROOT}",
+        f"--runroot={BUILDAH_RUNROOT}",
+        *args,
+    ]
+    if shutil.which("buildah") is None:
+        raise RuntimeError("buildah not found: apt-get install buildah")
+    if log is None:
+        return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+    with open(log, "a") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"buildah {args[0]} failed (exit {proc.returncode}); see {log}")
+    return ""
+
+
+def _digest_files(files: Iterator[tuple[str, Path]]) -> str:
+    h = hashlib.sha256()
+    for rel, path in sorted(files):
+        h.update(rel.encode() + b"\0")
+        h.update(path.read_bytes() if path.is_file() else b"")
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _archive(kind: str, key: str) -> Path:
+    return IMAGE_CACHE / f"{kind}-{key}.oci.tar"
+
+
+def _push_archive(name: str, archive: Path) -> None:
+    tmp = archive.with_suffix(".partial")
+    tmp.unlink(missing_ok=True)
+    IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
+    buildah("push", name, f"oci-archive:{tmp}:{name}")
+    tmp.rename(archive)
+
+
+def _image_in_store(name: str) -> bool:
+    try:
+        buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}", name)
+        return True
+    except subprocess.CalledProcessError:
+        return False
+
+
+def import_archive(paths: Paths, archive: Path, names: tuple[str, ...]) -> None:
+    """Import an OCI archive into containerd's k8s.io namespace under every name in `names`."""
+    marker = paths.run / f"imported-{archive.name}"
+    if marker.exists() and all(_in_containerd(paths, n) for n in names):
+        return
+    out = ctr(paths, "images", "import", str(archive))
+    imported = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("unpacking")]
+    source = names[0] if _in_containerd(paths, names[0]) else (imported[0] if imported else "")
+    if not source:
+        raise RuntimeError(f"import of {archive} produced no image: {out.stdout}{out.stderr}")
+    for name in names:
+        if name != source:
+            ctr(paths, "images", "rm", name, check=False)
+            ctr(paths, "images", "tag", source, name)
+    marker.write_text(time.strftime("%F %T\n"))
+
+
+def _in_containerd(paths: Paths, name: str) -> bool:
+    return name in ctr(paths, "images", "ls", "-q", f"name=={name}", check=False).stdout.split()
+
+
+def ensure_pause_image(paths: Paths, progress: Progress = print) -> None:
+    key = _digest_files(iter([("pause.c", PAUSE_SRC)]))
+    archive = _archive("pause", key)
+    if not archive.exists():
+        progress("images: building the pause image (gcc -static, buildah from scratch)")
+        work = CACHE_DIR / "pause-build"
+        work.mkdir(parents=True, exist_ok=True)
+        binary = work / "pause"
+        subprocess.run(["gcc", "-static", "-Os", "-s", "-o", str(binary), str(PAUSE_SRC)], check=True)
+        container = buildah("from", "scratch")
+        try:
+            buildah("copy", "--chmod", "0755", container, str(binary), "/pause")
+            buildah("config", "--entrypoint", '["/pause"]', "--user", "65535:65535", container)
+            buildah("commit", "--rm", container, PAUSE_IMAGE)
+        except subprocess.CalledProcessError:
+            buildah("rm", container)
+            raise
+        _push_archive(PAUSE_IMAGE, archive)
+    import_archive(paths, archive, (PAUSE_IMAGE,))
+
+
+def ensure_base_image(progress: Progress = print) -> str:
+    """The python3 base in buildah's store (from the shared debootstrap rootfs); its name."""
+    from testbed.rootfs import ensure_python_rootfs
+
+    rootfs = ensure_python_rootfs()
+    stamp = BUILDAH_ROOT.parent / "base-image.stamp"
+    source_stamp = str(rootfs.stat().st_mtime_ns)
+    if _image_in_store(BASE_IMAGE) and stamp.exists() and stamp.read_text() == source_stamp:
+        return BASE_IMAGE
+    progress(f"images: making {BASE_IMAGE} from {rootfs}")
+    container = buildah("from", "scratch")
+    try:
+        buildah("copy", container, f"{rootfs}/", "/")
+        buildah(
+            "config",
+            "--env",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "--env",
+            "LANG=C.UTF-8",
+            "--cmd",
+            '["python3"]',
+            container,
+        )
+        buildah("commit", "--rm", container, BASE_IMAGE)
+    except subprocess.CalledProcessError:
+        buildah("rm", container)
+        raise
+    stamp.write_text(source_stamp)
+    return BASE_IMAGE
+
+
+def _dockerignore(context: Path) -> list[str]:
+    ignore = context / ".dockerignore"
+    if not ignore.exists():
+        return []
+    lines = (line.strip() for line in ignore.read_text().splitlines())
+    return [line.rstrip("/") for line in lines if line and not line.startswith("#")]
+
+
+def _context_files(context: Path) -> Iterator[tuple[str, Path]]:
+    """Files the build can see (simple .dockerignore patterns: names and globs, no `!`)."""
+    patterns = _dockerignore(context)
+
+    def ignored(rel: str) -> bool:
+        name = rel.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p.removeprefix("**/")) for p in patterns)
+
+    for dirpath, dirnames, filenames in os.walk(context):
+        base = Path(dirpath)
+        rel_dir = base.relative_to(context).as_posix()
+        dirnames[:] = [d for d in dirnames if not ignored(d if rel_dir == "." else f"{rel_dir}/{d}")]
+        for f in filenames:
+            rel = f if rel_dir == "." else f"{rel_dir}/{f}"
+            if not ignored(rel):
+                yield rel, base / f
+
+
+def project_image_key(context: Path = REPO_ROOT) -> str:
+    """Hash of everything the build reads: Dockerfile, .dockerignore, context, base image."""
+    files = list(_context_files(context))
+    files += [(f"//{n}", context / n) for n in ("Dockerfile", ".dockerignore")]
+    return _digest_files(iter(files))
+
+
+def _host_pip_build_args() -> list[str]:
+    """Let pip inside RUN trust the same CA bundle as the host (TLS-intercepting networks)."""
+    args: list[str] = []
+    bundle = Path(os.environ.get("PIP_CERT", "/etc/ssl/certs/ca-certificates.crt"))
+    if bundle.exists():
+        args += [
+            "--volume",
+            f"{bundle}:/etc/hpc-offload-host-ca.crt:ro",
+            "--build-arg",
+            "PIP_CERT=/etc/hpc-offload-host-ca.crt",
+        ]
+    for var in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_DEFAULT_TIMEOUT"):
+        if os.environ.get(var):
+            args += ["--build-arg", f"{var}={os.environ[var]}"]
+    return args
+
+
+def build_project_image(
+    paths: Paths, context: Path = REPO_ROOT, progress: Progress = print, force: bool = False
+) -> Path:
+    """Build (if its inputs changed) the project image; returns its cached OCI archive."""
+    base = ensure_base_image(progress)
+    key = project_image_key(context)
+    archive = _archive("hpc-offload", key)
+    if archive.exists() and not force:
+        return archive
+    IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
+    log = IMAGE_CACHE / f"hpc-offload-{key}.build.log"
+    progress(f"images: buildah bud {context}/Dockerfile -> {PROJECT_IMAGE} (log: {log})")
+    start = time.monotonic()
+    buildah(
+        "bud",
+        "--isolation=chroot",
+        "--network=host",
+        "--pull=never",
+        "--layers",
+        "--build-arg",
+        f"BASE_IMAGE={base}",
+        *_host_pip_build_args(),
+        "-f",
+        str(context / "Dockerfile"),
+        "-t",
+        PROJECT_IMAGE_FULL,
+        str(context),
+        log=log,
+    )
+    _push_archive(PROJECT_IMAGE_FULL, archive)
+    progress(f"images: built in {time.monotonic() - start:.0f}s")
+    return archive
+
+
+def load_project_image(
+    paths: Paths, context: Path = REPO_ROOT, progress: Progress = print, force: bool = False
+) -> str:
+    """Build (cached) and import the project image into the node; returns the image name."""
+    archive = build_project_image(paths, context, progress, force)
+    import_archive(paths, archive, (PROJECT_IMAGE_FULL, PROJECT_IMAGE))
+    return PROJECT_IMAGE
