@@ -53,6 +53,7 @@ def _fail(exc: ConnectorError, termination_log: str | None) -> None:
 
 def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
                    termination_log: str | None) -> int:
+    spec = with_profile_defaults(spec, profile)
     spec.check_runnable()
     backend = backend_class(profile.backend)(profile)
     period = spec.poll_interval or profile.monitoring_period or DEFAULT_POLL_INTERVAL
@@ -105,6 +106,18 @@ def run(spec_file: str, profile_dir: str, state_dir: str | None, pod_info: str |
     except ConnectorError as exc:
         _fail(exc, termination_log)
     sys.exit(code)
+
+
+def with_profile_defaults(spec: JobSpec, profile: Profile) -> JobSpec:
+    """The profile fills what the pod and the cluster policy left open (site defaults)."""
+    data = spec.to_dict()
+    if not spec.runtime and profile.setting("runtime"):
+        data["runtime"] = str(profile.setting("runtime")).lower()
+    slurm = data.setdefault("slurm", {})
+    for key in ("partition", "account", "qos"):
+        if not slurm.get(key) and profile.setting(key):
+            slurm[key] = str(profile.setting(key))
+    return JobSpec.from_dict(data)
 
 
 def _with_pod(spec: JobSpec, info: dict[str, str]) -> JobSpec:

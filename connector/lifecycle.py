@@ -215,7 +215,8 @@ class Connector:
         if status.state is JobState.PENDING:
             where = f", position {status.queue_position} in queue" if status.queue_position else ""
             start = f", estimated start {status.start_estimate}" if status.start_estimate else ""
-            log.info("HPC job %s pending (%s)%s%s", status.job_id, status.reason, where, start)
+            reason = f" ({status.reason})" if status.reason not in ("", "None") else ""
+            log.info("HPC job %s pending%s%s%s", status.job_id, reason, where, start)
         elif status.state is JobState.RUNNING:
             on = f" on {status.node}" if status.node else ""
             log.info("HPC job %s running%s", status.job_id, on)

@@ -162,6 +162,8 @@ def render_script(
         f"  . {shlex.quote(paths.env_file)}",
         "fi",
     ]
+    if runtime == "charliecloud":
+        lines.append('export USER="${USER:-$(id -un)}"  # ch-run refuses to start without it')
     if runtime == "none" and spec.working_dir:
         lines.append(f"cd {shlex.quote(spec.working_dir)} || exit 1")
     lines += [

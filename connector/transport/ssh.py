@@ -41,6 +41,7 @@ class SSHTarget:
     known_hosts_file: str
     connect_timeout: float = 10.0
     keepalive: int = 15
+    operation_timeout: float = 30.0
 
 
 class SSHTransport(Transport):
@@ -120,6 +121,8 @@ class SSHTransport(Transport):
     def _sftp_client(self) -> SFTPClient:
         if self._sftp is None:
             self._sftp = self._connect().open_sftp()
+            # a hung server must become a TransientError, not a connector stuck forever
+            self._sftp.get_channel().settimeout(self.target.operation_timeout)
         return self._sftp
 
     def _guard(self, action: Callable[[], T], what: str) -> T:
