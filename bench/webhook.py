@@ -140,7 +140,7 @@ def drive(port: int, ca: str, path: str, clients: int, total: int,
     return latencies, wall
 
 
-def pct(values: list[float], q: float) -> float:
+def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 \
         else values[0]
 

@@ -73,6 +73,7 @@ class KubeClient:
 
     def put_secret(self, namespace: str, body: dict[str, Any], create: bool) -> None:
         secret = self._client.V1Secret.from_dict(body)
+        assert secret is not None
         if create:
             self._core.create_namespaced_secret(namespace, secret, field_manager=FIELD_MANAGER)
         else:

@@ -44,6 +44,7 @@ class FakeAPI:
         }}
         self.writes: list[tuple[str, str, str]] = []
         self.version = 1
+        self.kubeconfig = ""  # set by the fixture
         api = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -205,8 +206,8 @@ def test_env_values_arrive_byte_identical_and_secrets_stay_out(backend, profiles
     code = ("import os,sys\n"
             "sys.stdout.write(os.environ['TRICKY'].encode().hex() + '\\n')\n"
             "sys.stdout.write(str(os.environ['API_TOKEN'] == os.environ['EXPECTED_TOKEN']) + '\\n')")
-    run = run_connector(ch_spec(code, env={"TRICKY": tricky}, env_passthrough=["API_TOKEN", "EXPECTED_TOKEN"]),
-                        profiles[backend], env={"API_TOKEN": secret, "EXPECTED_TOKEN": secret})
+    spec = ch_spec(code, env={"TRICKY": tricky}, env_passthrough=["API_TOKEN", "EXPECTED_TOKEN"])
+    run = run_connector(spec, profiles[backend], env={"API_TOKEN": secret, "EXPECTED_TOKEN": secret})
     assert run.wait() == 0, run.log
     lines = run.stdout.splitlines()
     assert bytes.fromhex(lines[0]).decode() == tricky
@@ -233,8 +234,8 @@ def test_paper_compatible_simulate_with_slurm_local(testbed_info, tmp_path):
     script = "#!/bin/bash\necho paper-mode-output\nexit 3\n"
     proc = subprocess.run(
         ["python3", "-m", "connector.cli", "--backend", "slurm-local", "--backend-conf",
-         '{"workdir": "%s"}' % tmp_path, "simulate", "--job-config",
-         '{"script": %s}' % __import__("json").dumps(script), "--monitoring-period", "1",
+         json.dumps({"workdir": str(tmp_path)}), "simulate", "--job-config",
+         json.dumps({"script": script}), "--monitoring-period", "1",
          "--print-logs"],
         capture_output=True, text=True, timeout=120,
         env={**os.environ, "HPC_OFFLOAD_TERMINATION_LOG": str(tmp_path / "term")},
