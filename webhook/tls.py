@@ -75,9 +75,10 @@ class ReloadingContext:
     def refresh(self, factory: Callable[[], ssl.SSLContext] | None = None) -> bool:
         """Reload if the files changed since the last attempt; True if a context is loaded."""
         sig = _signature(self.certfile, self.keyfile)
-        if sig is None or sig == self._tried:
-            if sig is None and self._tried is not None:
-                self.error = "certificate or key file missing"
+        if sig is None:
+            self.error = "certificate or key file missing"
+            return self._ctx is not None
+        if sig == self._tried:
             return self._ctx is not None
         with self._lock:
             if sig != self._tried:
