@@ -1,0 +1,10 @@
+#!/bin/bash
+# Rendered by hpc-offload for research/train-x7k2p; runtime: apptainer.
+# Environment values are in the 0600 env file beside this script, never here.
+if [ -r /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/job.env ]; then
+  . /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/job.env
+fi
+apptainer exec /shared/sif/py311.sif python3 -c 'print('"'"'it'"'"''"'"'s $HOME'"'"')'
+status=$?
+printf '%s\n' "$status" > /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/exit-status
+exit "$status"

@@ -1,0 +1,21 @@
+#!/bin/bash
+#SBATCH --partition=gpu
+#SBATCH --account=proj-42
+#SBATCH --qos=normal
+#SBATCH --time=02:00:00
+#SBATCH --nodes=2
+#SBATCH --ntasks=4
+#SBATCH --cpus-per-task=2
+#SBATCH --mem=4096M
+#SBATCH --gres=gpu:1
+#SBATCH --constraint=a100
+#SBATCH --exclusive
+# Rendered by hpc-offload for research/train-x7k2p; runtime: singularity.
+# Environment values are in the 0600 env file beside this script, never here.
+if [ -r /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/job.env ]; then
+  . /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/job.env
+fi
+singularity exec docker://python:3.11 python3 -V
+status=$?
+printf '%s\n' "$status" > /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/exit-status
+exit "$status"
