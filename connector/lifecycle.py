@@ -125,6 +125,9 @@ class Connector:
             result = outcomes.Outcome(exc.exit_code, exc.reason, exc.message,
                                       self.record.job_id if self.record else None)
         finally:
+            link = self.backend._transport
+            log.debug("stats: scheduler_calls=%d round_trips=%d polls=%d", self.backend.scheduler_calls,
+                      link.round_trips if link else 0, self.polls)
             self.backend.close()
         result.write(self.termination_log)
         log.info("exit %d (%s): %s", result.exit_code, result.reason, result.message)

@@ -188,7 +188,8 @@ class Policy:
         unmatched = str(data.get("unmatched", "deny"))
         if unmatched not in ("deny", "allow"):
             raise PolicyError(f"unmatched: {unmatched!r} must be deny or allow")
-        raw_rules = data.get("rules") or []
+        raw_rules = data.get("rules")
+        raw_rules = [] if raw_rules is None else raw_rules
         if not isinstance(raw_rules, list):
             raise PolicyError("rules: must be a list")
         rules = tuple(_rule(item, index) for index, item in enumerate(raw_rules))

@@ -57,6 +57,7 @@ class Backend(ABC):
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
         self._transport: Transport | None = None
+        self.scheduler_calls = 0  # requests that reach the workload manager's controller
 
     @property
     def transport(self) -> Transport:

@@ -91,6 +91,11 @@ def status_from_record(job_id: str, record: dict[str, str]) -> JobStatus:
 class SlurmBackend(Backend):
     """What SLURM needs, independent of how its commands are reached."""
 
+    def _scheduler(self, argv: list[str]) -> CommandResult:
+        """Every call that reaches slurmctld goes through here, so it can be counted."""
+        self.scheduler_calls += 1
+        return self.transport.run(argv)
+
     def _check(self, argv: list[str], result: CommandResult) -> CommandResult:
         if result.ok:
             return result
@@ -108,7 +113,7 @@ class SlurmBackend(Backend):
         transport.write_file(paths.env_file, env_file, 0o600)
         transport.write_file(paths.script, script.encode(), 0o700)
         argv = ["sbatch", "--parsable", *identity_args, paths.script]
-        result = self._check(argv, transport.run(argv))
+        result = self._check(argv, self._scheduler(argv))
         job_id = result.stdout.strip().split(";")[0]
         if not job_id.isdigit():
             raise BackendError(f"sbatch answered {result.stdout.strip()!r}, not a job id")
@@ -116,7 +121,7 @@ class SlurmBackend(Backend):
 
     def status(self, job_id: str) -> JobStatus:
         argv = ["scontrol", "show", "job", "-o", job_id]
-        result = self.transport.run(argv)
+        result = self._scheduler(argv)
         if not result.ok and "Invalid job id" in (result.stderr + result.stdout):
             return JobStatus(job_id=job_id, state=JobState.UNKNOWN, reason="job no longer known")
         self._check(argv, result)
@@ -128,7 +133,7 @@ class SlurmBackend(Backend):
 
     def _queue_position(self, job_id: str) -> int | None:
         argv = ["squeue", "-h", "-t", "PENDING", "-o", "%i", "--sort=-p,i"]
-        result = self.transport.run(argv)
+        result = self._scheduler(argv)
         if not result.ok:
             return None
         ids = result.stdout.split()
@@ -136,12 +141,12 @@ class SlurmBackend(Backend):
 
     def cancel(self, job_id: str) -> None:
         argv = ["scancel", job_id]
-        result = self.transport.run(argv)
+        result = self._scheduler(argv)
         if not result.ok and "Invalid job id" not in result.stderr + result.stdout:
             self._check(argv, result)
 
     def find(self, job_name: str) -> str | None:
         argv = ["squeue", "-h", "--states=all", f"--name={job_name}", "-o", "%i"]
-        result = self._check(argv, self.transport.run(argv))
+        result = self._check(argv, self._scheduler(argv))
         ids = [int(token) for token in result.stdout.split() if token.isdigit()]
         return str(max(ids)) if ids else None

@@ -28,6 +28,8 @@ class CommandResult:
 class Transport(ABC):
     """Commands and files on the HPC side. Methods raise TransientError when the link fails."""
 
+    round_trips = 0  # requests sent over the link (commands and file operations)
+
     @abstractmethod
     def run(self, argv: list[str], timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
         """Run argv (no shell on our side; over SSH each item is quoted)."""
