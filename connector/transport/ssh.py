@@ -122,7 +122,9 @@ class SSHTransport(Transport):
         if self._sftp is None:
             self._sftp = self._connect().open_sftp()
             # a hung server must become a TransientError, not a connector stuck forever
-            self._sftp.get_channel().settimeout(self.target.operation_timeout)
+            channel = self._sftp.get_channel()
+            if channel is not None:
+                channel.settimeout(self.target.operation_timeout)
         return self._sftp
 
     def _guard(self, action: Callable[[], T], what: str) -> T:
