@@ -103,7 +103,7 @@ def mutate_manifest(
     if kind == "Pod":
         name = metadata.get("name") or f"{metadata.get('generateName') or 'pod-'}xxxxx"
     else:  # a placeholder for the generated pod name
-        name = f"{metadata.get('name') or kind.lower()}-xxxxx"
+        name = f"{metadata.get('name') or str(kind).lower()}-xxxxx"
     return result, [OffloadedPod(where, namespace, str(name), mutated)]
 
 
