@@ -82,6 +82,8 @@ def mutate(
     if metadata is not None and not isinstance(metadata, dict):
         raise AdmissionDenied("metadata: must be an object")
     annotations = (metadata or {}).get("annotations")
+    if isinstance(annotations, dict) and annotations.get(STATUS) == INJECTED:
+        return result  # validated when it was injected; reinvocation must be cheap
     parsed = parse_annotations(annotations)
     if parsed.injected or not parsed.offloaded:
         return result
