@@ -202,8 +202,10 @@ def parse_staging(value: str | Sequence[Mapping[str, str]], what: str) -> list[S
 
 @dataclass(frozen=True)
 class StagePair:
-    src: str
-    dst: str
+    """One `podPath:hpcPath` pair; the direction comes from the list it is in."""
+
+    src: str  # the path in the pod
+    dst: str  # the path on the HPC side (relative: inside the job directory)
 
 
 @dataclass(frozen=True)

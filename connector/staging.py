@@ -1,7 +1,8 @@
 """Data stage-in before submission and stage-out after the end (the paper's future work).
 
-Pairs are `src:dst`. Stage-in copies a pod path (file or directory) to the HPC side; a
-relative HPC path is inside the job directory. Stage-out copies back the other way.
+Pairs are `podPath:hpcPath` in both directions (`src` is the pod path, `dst` the HPC path).
+Stage-in copies the pod path (file or directory) to the HPC side; stage-out copies the HPC
+path back into the pod path. A relative HPC path is inside the job directory.
 """
 
 from __future__ import annotations
@@ -50,18 +51,18 @@ def _upload_tree(backend: Backend, local_dir: str, remote_dir: str) -> int:
 
 def stage_out(backend: Backend, pairs: Iterable[StagePair], job_dir: str) -> None:
     for pair in pairs:
-        source = _remote(pair.src, job_dir)
+        source = _remote(pair.dst, job_dir)
         transport = backend.transport
         if transport.is_dir(source):
-            count = _download_tree(backend, source, pair.dst)
+            count = _download_tree(backend, source, pair.src)
         elif transport.exists(source):
-            os.makedirs(os.path.dirname(pair.dst) or ".", exist_ok=True)
-            backend.download(source, pair.dst)
+            os.makedirs(os.path.dirname(pair.src) or ".", exist_ok=True)
+            backend.download(source, pair.src)
             count = 1
         else:
             log.warning("stage-out: %s does not exist on the HPC side; skipped", source)
             continue
-        log.info("staged out %s -> %s (%d file%s)", source, pair.dst, count, "" if count == 1 else "s")
+        log.info("staged out %s -> %s (%d file%s)", source, pair.src, count, "" if count == 1 else "s")
 
 
 def _download_tree(backend: Backend, remote_dir: str, local_dir: str) -> int:

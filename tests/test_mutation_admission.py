@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from typing import Any
 
 import jsonpatch
@@ -224,18 +223,3 @@ def test_random_reviews_answer_200_or_400(body: bytes) -> None:
     json.dumps(result.body)
     if result.status == 200:
         assert result.body["response"]["allowed"] in (True, False)
-
-
-def test_admission_is_fast() -> None:
-    """A realistic pod through handle_review: well under the 5 ms p99 budget."""
-    body = json.dumps(review()).encode()
-    for _ in range(50):
-        handle_review(body, CONFIG, None)
-    samples = []
-    for _ in range(500):
-        start = time.perf_counter()
-        handle_review(body, CONFIG, None)
-        samples.append(time.perf_counter() - start)
-    samples.sort()
-    p99 = samples[int(len(samples) * 0.99)]
-    assert p99 < 0.005, f"p99 {p99 * 1000:.2f} ms"
