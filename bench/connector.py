@@ -139,7 +139,7 @@ def baseline_submit(kind: str) -> float:
 
     started = time.monotonic()
     if kind == "slurm-local":
-        subprocess.run(["sbatch", "--parsable", "--wrap", "true"], capture_output=True, check=True)
+        subprocess.run(["sbatch", "--parsable", "--output=/dev/null", "--wrap", "true"], capture_output=True, check=True)
     else:
         import paramiko
 
@@ -149,7 +149,7 @@ def baseline_submit(kind: str) -> float:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         client.connect(info.ssh_host, port=info.ssh_port, username=info.ssh_user,
                        key_filename=str(info.key_path), look_for_keys=False, allow_agent=False)
-        _, out, _ = client.exec_command("sbatch --parsable --wrap true")
+        _, out, _ = client.exec_command("sbatch --parsable --output=/dev/null --wrap true")
         out.channel.recv_exit_status()
         client.close()
     return time.monotonic() - started
@@ -199,7 +199,7 @@ def cancel_latency(profile: Path) -> float:
 
 
 def baseline_cancel() -> float:
-    job_id = subprocess.run(["sbatch", "--parsable", "--wrap", "sleep 300"], capture_output=True,
+    job_id = subprocess.run(["sbatch", "--parsable", "--output=/dev/null", "--wrap", "sleep 300"], capture_output=True,
                             text=True, check=True).stdout.strip()
     while True:
         state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
