@@ -207,8 +207,9 @@ class Connector:
                     last_status = status
                     if status.state.ended:
                         return self._finish(status)
-            if self.spec.logs == "stream":
-                self._safe(self._pump_logs)
+            printed = self._safe(self._pump_logs) if self.spec.logs == "stream" else 0
+            if printed and last_status is not None and last_status.state is JobState.PENDING:
+                last_query = 0.0  # output while we thought it pending: it runs; ask now
             self._sleep(self.timing.fast if now < imminent_until else self.timing.tick)
 
     def _report(self, previous: JobStatus | None, status: JobStatus) -> None:
@@ -267,12 +268,14 @@ class Connector:
 
     # --- output -----------------------------------------------------------------------------
 
-    def _pump_logs(self, final: bool = False) -> None:
+    def _pump_logs(self, final: bool = False) -> int:
         """Print complete new lines; the offset saved counts only what was printed."""
         assert self.record is not None and self.paths is not None
+        read = 0
         while True:
             start = self.record.log_offset + len(self.partial)
             chunk = self.backend.logs(self.paths, start)
+            read += len(chunk)
             if chunk:
                 self.partial += chunk
                 cut = self.partial.rfind(b"\n") + 1
@@ -284,6 +287,7 @@ class Connector:
         if final and self.partial:
             self._emit(self.partial + b"\n", consumed=len(self.partial))
             self.partial = b""
+        return read
 
     def _emit(self, data: bytes, consumed: int | None = None) -> None:
         assert self.record is not None
