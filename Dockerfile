@@ -16,11 +16,16 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+RUN python3 -m venv /opt/hpc-offload
+# Dependencies first, from pyproject.toml alone: this layer is reused while only code changes.
+COPY pyproject.toml ./
+RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['webhook']))" > /tmp/deps.txt \
+ && /opt/hpc-offload/bin/pip wheel --wheel-dir /wheels -r /tmp/deps.txt
+# Then the project's own wheel, and a venv installed only from wheels: the final stage copies
+# the venv, so neither pip caches, sources nor build tools ship.
 COPY . .
-# Wheels of the project and every dependency, then a venv installed only from them: the
-# final stage copies the venv, so neither pip caches nor sources nor build tools ship.
-RUN python3 -m venv /opt/hpc-offload \
- && /opt/hpc-offload/bin/pip wheel --wheel-dir /wheels ".[webhook]" \
+RUN /opt/hpc-offload/bin/pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/hpc-offload/bin/pip install --no-index --find-links /wheels "hpc-offload[webhook]" \
  && /opt/hpc-offload/bin/pip uninstall -y pip \
  && find /opt/hpc-offload -name __pycache__ -prune -exec rm -rf {} +
