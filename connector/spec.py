@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from connector.errors import SpecError
@@ -293,9 +293,7 @@ class JobSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data without empty fields, so annotations stay short."""
-        data = asdict(self)
-        data["env"] = dict(self.env)
-        pruned = _prune(data)
+        pruned = _prune(_plain(self))
         assert isinstance(pruned, dict)
         return pruned
 
@@ -367,6 +365,24 @@ class JobSpec:
     def job_name(self) -> str:
         """The SLURM job name: carries the pod UID so a restarted connector finds its job."""
         return f"hpco-{self.pod.uid}" if self.pod.uid else "hpco-job"
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses to dicts without asdict's deep copies (the webhook does this per admission)."""
+    cls = type(value)
+    if hasattr(cls, "__dataclass_fields__"):
+        names = _FIELD_NAMES.get(cls)
+        if names is None:
+            names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(value))
+        return {name: _plain(getattr(value, name)) for name in names}
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _prune(value: Any) -> Any:

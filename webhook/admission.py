@@ -13,11 +13,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import jsonpatch
-
 from webhook.annotations import PREFIX, AdmissionDenied
 from webhook.config import WebhookConfig
 from webhook.mutation import mutate
+from webhook.patch import make_patch
 from webhook.policy import PolicyStore
 
 log = logging.getLogger(__name__)
@@ -113,7 +112,7 @@ def _handle(body: bytes | str, config: WebhookConfig,
         log.exception("mutation failed for request %s", uid)
         return _deny(uid, 500, f"hpc-offload webhook internal error ({exc.__class__.__name__}); "
                      "please report it")
-    patch = jsonpatch.make_patch(pod, mutated).patch
+    patch = make_patch(pod, mutated)
     if not patch:
         return _allow(uid)
     encoded = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
