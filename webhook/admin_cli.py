@@ -7,7 +7,6 @@ Sub-commands live beside the code they drive and are imported only when called, 
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
 
@@ -73,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
