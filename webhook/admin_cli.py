@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "certs": ("certs.cli:certs", "Generate and install the webhook's certificates."),
     "testbed": ("testbed.cli:testbed", "Start, stop and describe the local SLURM testbed."),
     "e2e": ("e2e.cluster.cli:e2e", "The local Kubernetes cluster used by the e2e tests."),
+    "jobs": ("webhook.jobs_cli:jobs", "List offloaded pods with their HPC job id and state."),
 }
 
 

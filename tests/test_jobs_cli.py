@@ -1,0 +1,209 @@
+"""`kubectl hpc jobs`: parsing the connector's termination message and log, and formatting,
+on plain pod dicts (the real cluster is exercised by the e2e suite)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+
+from webhook.jobs_cli import (
+    JobRow,
+    format_json,
+    format_table,
+    human_age,
+    offloaded_container,
+    parse_log,
+    parse_termination,
+    row_for,
+    rows_for,
+)
+
+NOW = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
+T = "2024-05-01T11:00:00Z hpc-connector INFO "
+
+
+def pod(name: str = "train-abc", namespace: str = "research", state: dict[str, Any] | None = None,
+        phase: str = "Running", containers: tuple[str, ...] = ("train",),
+        annotations: dict[str, str] | None = None, injected: bool = True) -> dict[str, Any]:
+    ann = {"hpc.offload/backend": "mysite", **(annotations or {})}
+    if injected:
+        ann["hpc.offload/status"] = "injected"
+        ann["hpc.offload/job-spec"] = json.dumps({"container": containers[0], "image": "x"})
+    return {
+        "metadata": {"name": name, "namespace": namespace, "annotations": ann,
+                     "creationTimestamp": "2024-05-01T11:55:00Z"},
+        "spec": {"containers": [{"name": c} for c in containers]},
+        "status": {"phase": phase, "containerStatuses": [
+            {"name": containers[0], "state": state or {"running": {}}}]},
+    }
+
+
+class Logs:
+    """A fake log reader recording its calls."""
+
+    def __init__(self, tail: str, head: str = "") -> None:
+        self.tail, self.head, self.calls = tail, head, []  # type: ignore[var-annotated]
+
+    def __call__(self, namespace: str, pod: str, container: str, head: bool) -> str:
+        self.calls.append((namespace, pod, container, head))
+        return self.head if head else self.tail
+
+
+def test_parse_log_submitted_then_states() -> None:
+    text = "\n".join([
+        T + "submitted HPC job 4711 (slurm-ssh, 0.52s) in /scratch/x/hpco-uid",
+        T + "HPC job 4711 pending (Priority), position 3 in queue, estimated start 2024-05-01T13:00",
+        "job output: HPC job 9999 running on fake",  # job output is not the connector's
+        T + "HPC job 4711 running on node17",
+        "more output",
+    ])
+    assert parse_log(text) == ("4711", "RUNNING")
+    assert parse_log(T + "submitted HPC job 12") == ("12", "SUBMITTED")
+    assert parse_log(T + "HPC job 12 pending") == ("12", "PENDING")
+
+
+def test_parse_log_reattach_cancel_and_nothing() -> None:
+    assert parse_log(T + "reattaching to HPC job 77 (state file)") == ("77", "SUBMITTED")
+    assert parse_log(T + "reattaching to HPC job 77 (found by name hpco-x)") == ("77", "SUBMITTED")
+    text = T + "HPC job 5 running\n" + T + "stopping: cancelling HPC job 5"
+    assert parse_log(text) == ("5", "CANCELLING")
+    assert parse_log(text + "\n" + T + "HPC job 5 ended CANCELLED") == ("5", "CANCELLED")
+    assert parse_log("") == (None, None)
+    assert parse_log("hello\nsubmitted HPC job 3\n") == (None, None)
+
+
+def test_parse_termination() -> None:
+    msg = json.dumps({"jobId": "42", "state": "TIMEOUT", "exitCode": 201,
+                      "reason": "HPCTimeLimit", "message": "HPC job 42 ended TIMEOUT"})
+    assert parse_termination(msg)["jobId"] == "42"  # type: ignore[index]
+    assert parse_termination("Traceback (most recent call last): …") is None
+    assert parse_termination('{"x": 1}') is None
+    assert parse_termination("") is None and parse_termination(None) is None
+
+
+def test_terminated_row_uses_message_not_logs() -> None:
+    msg = json.dumps({"jobId": "42", "state": "COMPLETED", "exitCode": 0,
+                      "reason": "Completed", "message": "ok"})
+    logs = Logs(tail=T + "submitted HPC job 1")
+    row = row_for(pod(state={"terminated": {"exitCode": 0, "message": msg}},
+                      phase="Succeeded"), logs, NOW)
+    assert (row.job_id, row.state, row.exit_code, row.source) == (
+        "42", "COMPLETED", 0, "termination-message")
+    assert logs.calls == []
+
+
+def test_terminated_before_submission_shows_reason() -> None:
+    msg = json.dumps({"jobId": None, "state": None, "exitCode": 77,
+                      "reason": "HostKeyRefused", "message": "host key"})
+    row = row_for(pod(state={"terminated": {"exitCode": 77, "message": msg}}, phase="Failed"),
+                  None, NOW)
+    assert (row.job_id, row.state, row.exit_code) == (None, "HostKeyRefused", 77)
+
+
+def test_terminated_without_message_falls_back_to_log() -> None:
+    logs = Logs(tail=T + "submitted HPC job 8\n" + T + "HPC job 8 running")
+    row = row_for(pod(state={"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                                            "message": "last log lines"}}, phase="Failed"),
+                  logs, NOW)
+    assert row.job_id == "8" and row.state == "unknown (connector OOMKilled 137)"
+    assert row.source == "log"
+
+
+def test_running_row_reads_tail_then_head() -> None:
+    logs = Logs(tail="output\n" * 200, head=T + "submitted HPC job 31 (slurm-ssh, 1s)\n")
+    row = row_for(pod(), logs, NOW)
+    assert (row.job_id, row.state, row.source) == ("31", "SUBMITTED", "log")
+    assert logs.calls == [("research", "train-abc", "train", False),
+                          ("research", "train-abc", "train", True)]
+    logs = Logs(tail=T + "HPC job 31 running on n1\n")
+    assert row_for(pod(), logs, NOW).state == "RUNNING" and len(logs.calls) == 1
+
+
+def test_log_error_does_not_break_listing() -> None:
+    def forbidden(*_: Any) -> str:
+        raise RuntimeError("403")
+
+    row = row_for(pod(), forbidden, NOW)
+    assert (row.job_id, row.state) == (None, "?")
+
+
+def test_waiting_pod_reads_no_log() -> None:
+    logs = Logs(tail="x")
+    row = row_for(pod(state={"waiting": {"reason": "ContainerCreating"}}, phase="Pending"),
+                  logs, NOW)
+    assert (row.job_id, row.state, row.phase) == (None, None, "Pending")
+    assert logs.calls == []
+
+
+def test_offloaded_container_choice() -> None:
+    assert offloaded_container(pod(containers=("main", "sidecar"))) == "main"
+    p = pod(containers=("a", "b"), annotations={"hpc.offload/container": "b"})
+    del p["metadata"]["annotations"]["hpc.offload/job-spec"]
+    assert offloaded_container(p) == "b"
+    p = pod(containers=("only",))
+    p["metadata"]["annotations"]["hpc.offload/job-spec"] = "not json"
+    assert offloaded_container(p) == "only"
+    p = pod(containers=("a", "b"))
+    del p["metadata"]["annotations"]["hpc.offload/job-spec"]
+    assert offloaded_container(p) is None
+
+
+def test_rows_only_offloaded_sorted() -> None:
+    pods = [pod("b"), pod("a", namespace="zeta"), pod("plain", injected=False),
+            pod("a"), {"metadata": {"name": "bare"}}]
+    rows = rows_for(pods, Logs(tail=T + "HPC job 1 running"), NOW)
+    assert [(r.namespace, r.pod) for r in rows] == [
+        ("research", "a"), ("research", "b"), ("zeta", "a")]
+    assert all(r.profile == "mysite" and r.age == "5m" for r in rows)
+
+
+def test_terminating_phase() -> None:
+    p = pod()
+    p["metadata"]["deletionTimestamp"] = "2024-05-01T11:59:00Z"
+    assert row_for(p, Logs(tail=""), NOW).phase == "Terminating"
+
+
+@pytest.mark.parametrize(("seconds", "age"), [
+    (0, "0s"), (45, "45s"), (119, "119s"), (150, "2m30s"), (300, "5m"), (3000, "50m"),
+    (4 * 3600 + 120, "4h2m"), (20 * 3600, "20h"), (3 * 86400 + 3600, "3d1h"),
+    (40 * 86400, "40d"), (800 * 86400, "2y"),
+])
+def test_human_age(seconds: int, age: str) -> None:
+    created = (NOW - dt.timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+    assert human_age(created, NOW) == age
+
+
+def test_human_age_missing() -> None:
+    assert human_age(None, NOW) == "-" and human_age("garbage", NOW) == "-"
+
+
+def test_format_table_and_json() -> None:
+    rows = [JobRow("research", "train-abc", "mysite", "4711", "RUNNING", "Running", "5m"),
+            JobRow("lab", "p", "site-with-long-name", None, None, "Pending", "10s")]
+    table = format_table(rows).splitlines()
+    assert table[0].split() == ["NAMESPACE", "POD", "PROFILE", "HPC-JOB", "HPC-STATE",
+                                "PHASE", "AGE"]
+    assert table[1].split() == ["research", "train-abc", "mysite", "4711", "RUNNING",
+                                "Running", "5m"]
+    assert table[2].split() == ["lab", "p", "site-with-long-name", "-", "-", "Pending", "10s"]
+    assert table[0].index("POD") == table[1].index("train-abc")  # aligned columns
+    assert all(line == line.rstrip() for line in table)
+    data = json.loads(format_json(rows))
+    assert data[0] == {"namespace": "research", "pod": "train-abc", "profile": "mysite",
+                       "jobId": "4711", "state": "RUNNING", "phase": "Running", "age": "5m",
+                       "container": None, "exitCode": None, "reason": None, "source": None}
+    assert json.loads(format_json([])) == []
+
+
+def test_registered_as_subcommand() -> None:
+    from click.testing import CliRunner
+
+    from webhook.admin_cli import cli
+
+    result = CliRunner().invoke(cli, ["jobs", "--help"])
+    assert result.exit_code == 0 and "--all-namespaces" in result.output
+    result = CliRunner().invoke(cli, ["jobs", "-n", "x", "-A"])
+    assert result.exit_code != 0
