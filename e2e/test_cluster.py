@@ -51,9 +51,7 @@ def test_node_ready(core: client.CoreV1Api, cluster: ClusterInfo) -> None:
     assert addresses["InternalIP"] == cluster.bridge_gateway
 
 
-def test_pod_runs_project_image_and_log_is_readable(
-    core: client.CoreV1Api, namespace: str, project_image: str
-) -> None:
+def test_pod_runs_project_image_and_log_is_readable(core: client.CoreV1Api, namespace: str, project_image: str) -> None:
     pod = client.V1Pod(
         metadata=client.V1ObjectMeta(name="hello"),
         spec=client.V1PodSpec(
@@ -88,9 +86,7 @@ def test_job_completes(api_client: client.ApiClient, namespace: str, project_ima
                 spec=client.V1PodSpec(
                     restart_policy="Never",
                     containers=[
-                        client.V1Container(
-                            name="main", image=project_image, command=["python3", "-c", "pass"]
-                        )
+                        client.V1Container(name="main", image=project_image, command=["python3", "-c", "pass"])
                     ],
                 )
             ),
@@ -269,9 +265,7 @@ def test_mutating_webhook_on_host_is_called_and_patch_applied(
                         resources=["pods"],
                     )
                 ],
-                namespace_selector=client.V1LabelSelector(
-                    match_labels={"kubernetes.io/metadata.name": namespace}
-                ),
+                namespace_selector=client.V1LabelSelector(match_labels={"kubernetes.io/metadata.name": namespace}),
                 match_conditions=[
                     client.V1MatchCondition(
                         name="annotated",

@@ -133,10 +133,7 @@ def ensure_binaries(version: str = K8S_VERSION, progress: Progress = print) -> P
     (work / "go.mod").write_text(wrapper_gomod(upstream, version))
     (work / "tools.go").write_text(_tools_go())
     _run([str(GO), "mod", "tidy"], work, log)
-    progress(
-        f"build: modules ready ({time.monotonic() - start:.0f}s); compiling "
-        f"{', '.join(BINARIES)} (cold: ~5 min)"
-    )
+    progress(f"build: modules ready ({time.monotonic() - start:.0f}s); compiling {', '.join(BINARIES)} (cold: ~5 min)")
     tmp = bin_dir.with_name("bin.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -172,22 +172,43 @@ def _dockerignore(context: Path) -> list[str]:
     return [line.rstrip("/") for line in lines if line and not line.startswith("#")]
 
 
+def _excluded(rel: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last matching pattern decides; `!` re-includes; a match on a parent
+    directory counts for everything under it."""
+    parts = rel.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for raw in patterns:
+        negate = raw.startswith("!")
+        pattern = raw.removeprefix("!")
+        if pattern.startswith("**/"):
+            hit = any(fnmatch.fnmatch(p.rsplit("/", 1)[-1], pattern[3:]) for p in prefixes)
+        else:
+            hit = any(fnmatch.fnmatch(p, pattern) for p in prefixes)
+        if hit:
+            excluded = not negate
+    return excluded
+
+
 def _context_files(context: Path) -> Iterator[tuple[str, Path]]:
-    """Files the build can see (simple .dockerignore patterns: names and globs, no `!`)."""
+    """Files the build can see, per .dockerignore (names, globs, `**/`, `!`)."""
     patterns = _dockerignore(context)
-
-    def ignored(rel: str) -> bool:
-        name = rel.rsplit("/", 1)[-1]
-        return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p.removeprefix("**/")) for p in patterns)
-
+    reincluded = [p.removeprefix("!") for p in patterns if p.startswith("!")]
     for dirpath, dirnames, filenames in os.walk(context):
         base = Path(dirpath)
         rel_dir = base.relative_to(context).as_posix()
-        dirnames[:] = [d for d in dirnames if not ignored(d if rel_dir == "." else f"{rel_dir}/{d}")]
+
+        def rel(name: str, rel_dir: str = rel_dir) -> str:
+            return name if rel_dir == "." else f"{rel_dir}/{name}"
+
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not _excluded(rel(d), patterns) or any(r.startswith(rel(d) + "/") for r in reincluded)
+        ]
         for f in filenames:
-            rel = f if rel_dir == "." else f"{rel_dir}/{f}"
-            if not ignored(rel):
-                yield rel, base / f
+            if not _excluded(rel(f), patterns):
+                yield rel(f), base / f
 
 
 def project_image_key(context: Path = REPO_ROOT) -> str:
@@ -248,9 +269,7 @@ def build_project_image(
     return archive
 
 
-def load_project_image(
-    paths: Paths, context: Path = REPO_ROOT, progress: Progress = print, force: bool = False
-) -> str:
+def load_project_image(paths: Paths, context: Path = REPO_ROOT, progress: Progress = print, force: bool = False) -> str:
     """Build (cached) and import the project image into the node; returns the image name."""
     archive = build_project_image(paths, context, progress, force)
     import_archive(paths, archive, (PROJECT_IMAGE_FULL, PROJECT_IMAGE))

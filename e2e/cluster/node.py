@@ -206,9 +206,7 @@ def kube_proxy_config(p: Pki) -> dict[str, object]:
 
 def kube_proxy_synced() -> bool:
     """kube-proxy has written the rule for the `kubernetes` Service."""
-    out = subprocess.run(
-        ["iptables", "-t", "nat", "-S", "KUBE-SERVICES"], capture_output=True, text=True
-    ).stdout
+    out = subprocess.run(["iptables", "-t", "nat", "-S", "KUBE-SERVICES"], capture_output=True, text=True).stdout
     return "default/kubernetes:https" in out
 
 

@@ -143,9 +143,7 @@ def ensure_sa_keys(pki: Path) -> tuple[Path, Path]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_key(priv, key)
     pub.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return priv, pub
 
@@ -155,12 +153,8 @@ def write_kubeconfig(path: Path, server: str, ca: Path, client: Pair, user: str)
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [
-            {"name": "hpc-offload-e2e", "cluster": {"server": server, "certificate-authority": str(ca)}}
-        ],
-        "users": [
-            {"name": user, "user": {"client-certificate": str(client.cert), "client-key": str(client.key)}}
-        ],
+        "clusters": [{"name": "hpc-offload-e2e", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user, "user": {"client-certificate": str(client.cert), "client-key": str(client.key)}}],
         "contexts": [{"name": "hpc-offload-e2e", "context": {"cluster": "hpc-offload-e2e", "user": user}}],
         "current-context": "hpc-offload-e2e",
     }
