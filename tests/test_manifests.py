@@ -6,6 +6,7 @@ hardened webhook pod and the image each overlay runs.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -251,3 +252,24 @@ def test_cert_manager_injects_ca() -> None:
     assert issuer["spec"]["ca"]["secretName"] == one(objs, "Certificate", "hpc-offload-ca")[
         "spec"]["secretName"]
     assert not of_kind(objs, "Job") and not of_kind(objs, "ClusterRole")
+
+
+def test_user_overlay_replaces_policy(tmp_path: Path) -> None:
+    """The documented way to set the policy (and what the e2e suite does): a generator with
+    behavior replace over the plain ConfigMap, in an overlay referring to ours by a relative
+    path (kustomize refuses absolute ones)."""
+    (tmp_path / "policy.yaml").write_text("unmatched: deny\nrules: [{name: lab, namespaces: [lab]}]\n")
+    relative = os.path.relpath(OVERLAYS / "dev", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [relative],
+        "configMapGenerator": [{"name": "hpc-offload-policy", "namespace": NS,
+                                "behavior": "replace", "files": ["policy.yaml"]}]}))
+    out = subprocess.run(["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    objs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    policy, name = configmap_data(objs, "hpc-offload-policy", "policy.yaml")
+    assert policy["unmatched"] == "deny"
+    volumes = {v["name"]: v for v in webhook_pod(objs)["volumes"]}
+    assert volumes["policy"]["configMap"]["name"] == name
