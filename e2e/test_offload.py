@@ -64,8 +64,9 @@ def record_timing(name: str, seconds: float) -> None:
 
 
 def squeue_ids(name: str) -> list[str]:
-    out = subprocess.run(["squeue", "-h", "--states=all", f"--name={name}", "-o", "%i"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["squeue", "-h", "--states=all", f"--name={name}", "-o", "%i"], capture_output=True, text=True, check=True
+    ).stdout
     return sorted(out.split(), key=int)
 
 
@@ -85,8 +86,7 @@ class Kubectl:
         self.argv = [str(cluster.kubectl), f"--kubeconfig={cluster.kubeconfig}"]
 
     def __call__(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([*self.argv, *args], input=stdin, capture_output=True, text=True,
-                              timeout=180)
+        proc = subprocess.run([*self.argv, *args], input=stdin, capture_output=True, text=True, timeout=180)
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}{proc.stdout}")
         return proc
@@ -98,61 +98,96 @@ def kubectl(cluster: ClusterInfo) -> Kubectl:
 
 
 @pytest.fixture(scope="module")
-def installed(cluster: ClusterInfo, project_image: str, kubectl: Kubectl, core: client.CoreV1Api,
-              tmp_path_factory) -> None:
+def installed(
+    cluster: ClusterInfo, project_image: str, kubectl: Kubectl, core: client.CoreV1Api, tmp_path_factory
+) -> None:
     """The dev overlay, applied as users apply it, plus an e2e policy; the webhook ready."""
     from testbed import api as testbed
 
     testbed.ensure_up(listen=[cluster.bridge_gateway])
     overlay = tmp_path_factory.mktemp("overlay")
-    (overlay / "policy.yaml").write_text(POLICY)
+    (overlay / "policy.yaml").write_text(json.dumps({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "hpc-offload-policy", "namespace": WEBHOOK_NS},
+        "data": {"policy.yaml": POLICY}}))
     (overlay / "kustomization.yaml").write_text(textwrap.dedent(f"""\
         apiVersion: kustomize.config.k8s.io/v1beta1
         kind: Kustomization
         resources:
-          - {REPO}/manifests/overlays/dev
-        configMapGenerator:
-          - name: hpc-offload-policy
-            namespace: {WEBHOOK_NS}
-            behavior: replace
-            files: [policy.yaml]
+          - {os.path.relpath(REPO / "manifests" / "overlays" / "dev", overlay)}
+        patches:
+          - path: policy.yaml
     """))
     kubectl("apply", "-k", str(overlay))
     kubectl("-n", WEBHOOK_NS, "rollout", "status", f"deployment/{WEBHOOK_DEPLOYMENT}", "--timeout=180s")
     # the webhook answers through the API server once the caBundle is in place
-    wait("caBundle patched", lambda: kubectl(
-        "get", "mutatingwebhookconfiguration", "hpc-offload",
-        "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}").stdout.strip())
+    wait(
+        "caBundle patched",
+        lambda: kubectl(
+            "get", "mutatingwebhookconfiguration", "hpc-offload", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}"
+        ).stdout.strip(),
+    )
 
 
 @pytest.fixture
 def hpc_ns(installed, namespace: str, kubectl: Kubectl, cluster: ClusterInfo) -> str:
     """A namespace with the testbed profile, as `hpc-offload testbed profile … | kubectl apply`."""
     profile = subprocess.run(
-        ["python3", "-m", "webhook.admin_cli", "testbed", "profile", "slurm-ssh", "--name", "testbed",
-         "--host", cluster.bridge_gateway], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        [
+            "python3",
+            "-m",
+            "webhook.admin_cli",
+            "testbed",
+            "profile",
+            "slurm-ssh",
+            "--name",
+            "testbed",
+            "--host",
+            cluster.bridge_gateway,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     kubectl("apply", "-n", namespace, "-f", "-", stdin=profile)
     return namespace
 
 
-def job_manifest(name: str, command: list[str], *, backoff: int = 0, annotations: dict | None = None,
-                 restart: str = "Never") -> str:
+def job_manifest(
+    name: str, command: list[str], *, backoff: int = 0, annotations: dict | None = None, restart: str = "Never"
+) -> str:
     ann = {"hpc.offload/backend": "testbed", **(annotations or {})}
-    return json.dumps({
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
-        "spec": {"backoffLimit": backoff, "template": {
-            "metadata": {"annotations": ann},
-            "spec": {"restartPolicy": restart, "containers": [
-                {"name": "main", "image": "python:3.11-slim", "command": command}]}}}})
+    return json.dumps(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": name},
+            "spec": {
+                "backoffLimit": backoff,
+                "template": {
+                    "metadata": {"annotations": ann},
+                    "spec": {
+                        "restartPolicy": restart,
+                        "containers": [{"name": "main", "image": "python:3.11-slim", "command": command}],
+                    },
+                },
+            },
+        }
+    )
 
 
-def pod_manifest(name: str, command: list[str], *, restart: str = "Never",
-                 annotations: dict | None = None) -> dict:
+def pod_manifest(name: str, command: list[str], *, restart: str = "Never", annotations: dict | None = None) -> dict:
     ann = {"hpc.offload/backend": "testbed", **(annotations or {})}
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "annotations": ann},
-            "spec": {"restartPolicy": restart, "containers": [
-                {"name": "main", "image": "python:3.11-slim", "command": command}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "annotations": ann},
+        "spec": {
+            "restartPolicy": restart,
+            "containers": [{"name": "main", "image": "python:3.11-slim", "command": command}],
+        },
+    }
 
 
 def job_pods(core: client.CoreV1Api, ns: str, job: str) -> list[client.V1Pod]:
@@ -170,6 +205,7 @@ def py(code: str) -> list[str]:
 
 # --- the tests ----------------------------------------------------------------------------------
 
+
 def test_annotated_job_runs_on_slurm_with_live_logs(hpc_ns, core, kubectl):
     batch = client.BatchV1Api(core.api_client)
     code = "import time\nfor i in range(8):\n    print('tick', i); time.sleep(1)"
@@ -181,11 +217,13 @@ def test_annotated_job_runs_on_slurm_with_live_logs(hpc_ns, core, kubectl):
     record_timing("pod created -> sbatch accepted (s)", time.monotonic() - created)
     assert len(ids) == 1
     # output reaches `kubectl logs` while the HPC job still runs
-    wait("a live line", lambda: "tick 2" in core.read_namespaced_pod_log(
-        pod.metadata.name, hpc_ns, container="main"))
+    wait("a live line", lambda: "tick 2" in core.read_namespaced_pod_log(pod.metadata.name, hpc_ns, container="main"))
     assert queued(ids[0]), "the job should still be running when its output is visible"
-    wait("the Job to complete", lambda: (batch.read_namespaced_job_status("ticks", hpc_ns).status.succeeded
-                                         or 0) >= 1, timeout=120)
+    wait(
+        "the Job to complete",
+        lambda: (batch.read_namespaced_job_status("ticks", hpc_ns).status.succeeded or 0) >= 1,
+        timeout=120,
+    )
     pod = core.read_namespaced_pod(pod.metadata.name, hpc_ns)
     assert pod.status.phase == "Succeeded"
     assert terminated(pod).exit_code == 0
@@ -196,12 +234,18 @@ def test_annotated_job_runs_on_slurm_with_live_logs(hpc_ns, core, kubectl):
 
 
 def test_failing_job_mirrors_exit_code_and_retries_once(hpc_ns, core, kubectl):
-    kubectl("apply", "-n", hpc_ns, "-f", "-",
-            stdin=job_manifest("fails", ["bash", "-c", "echo failing; exit 3"], backoff=1))
+    kubectl(
+        "apply", "-n", hpc_ns, "-f", "-", stdin=job_manifest("fails", ["bash", "-c", "echo failing; exit 3"], backoff=1)
+    )
     batch = client.BatchV1Api(core.api_client)
-    wait("the Job to fail", lambda: any(c.type == "Failed" and c.status == "True" for c in
-                                        (batch.read_namespaced_job_status("fails", hpc_ns).status.conditions
-                                         or [])), timeout=180)
+    wait(
+        "the Job to fail",
+        lambda: any(
+            c.type == "Failed" and c.status == "True"
+            for c in (batch.read_namespaced_job_status("fails", hpc_ns).status.conditions or [])
+        ),
+        timeout=180,
+    )
     pods = job_pods(core, hpc_ns, "fails")
     assert len(pods) == 2
     for pod in pods:
@@ -235,12 +279,30 @@ def test_a_killed_connector_is_restarted_and_reattaches(hpc_ns, core, cluster):
     wait("a beat in the log", lambda: "beat 2" in core.read_namespaced_pod_log("phoenix", hpc_ns))
     container_id = core.read_namespaced_pod("phoenix", hpc_ns).status.container_statuses[0].container_id
     socket = cluster.state_dir / "run" / "containerd.sock"
-    subprocess.run(["ctr", "--address", str(socket), "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL",
-                    container_id.split("://", 1)[1]], check=True, capture_output=True)
-    wait("a restart", lambda: core.read_namespaced_pod("phoenix", hpc_ns).status.container_statuses[0]
-         .restart_count >= 1)
-    wait("the pod to succeed", lambda: core.read_namespaced_pod("phoenix", hpc_ns).status.phase
-         == "Succeeded", timeout=120)
+    subprocess.run(
+        [
+            "ctr",
+            "--address",
+            str(socket),
+            "-n",
+            "k8s.io",
+            "tasks",
+            "kill",
+            "-s",
+            "SIGKILL",
+            container_id.split("://", 1)[1],
+        ],
+        check=True,
+        capture_output=True,
+    )
+    wait(
+        "a restart", lambda: core.read_namespaced_pod("phoenix", hpc_ns).status.container_statuses[0].restart_count >= 1
+    )
+    wait(
+        "the pod to succeed",
+        lambda: core.read_namespaced_pod("phoenix", hpc_ns).status.phase == "Succeeded",
+        timeout=120,
+    )
     assert "reattaching to HPC job " + job_id in core.read_namespaced_pod_log("phoenix", hpc_ns)
     assert squeue_ids(name) == [job_id], "still exactly one HPC job"
     assert slurm_state(job_id) == "COMPLETED"
@@ -252,8 +314,7 @@ def webhook_admissions(core: client.CoreV1Api) -> float:
     for pod in core.list_namespaced_pod(WEBHOOK_NS, label_selector="app.kubernetes.io/name=hpc-offload").items:
         if pod.status.phase != "Running" or not pod.metadata.name.startswith(WEBHOOK_DEPLOYMENT):
             continue
-        text = core.connect_get_namespaced_pod_proxy_with_path(f"https:{pod.metadata.name}:8443", WEBHOOK_NS,
-                                                               "metrics")
+        text = core.connect_get_namespaced_pod_proxy_with_path(f"https:{pod.metadata.name}:8443", WEBHOOK_NS, "metrics")
         for line in text.splitlines():
             if line.startswith("hpc_offload_admissions_total{"):
                 total += float(line.rsplit(" ", 1)[1])
@@ -262,24 +323,49 @@ def webhook_admissions(core: client.CoreV1Api) -> float:
 
 def test_unannotated_pods_never_reach_the_webhook_and_survive_its_outage(hpc_ns, core, kubectl):
     before = webhook_admissions(core)
-    core.create_namespaced_pod(hpc_ns, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
-                                        "spec": {"containers": [{"name": "c", "image": "hpc-offload:dev",
-                                                                 "command": ["true"]}],
-                                                 "restartPolicy": "Never"}})
+    core.create_namespaced_pod(
+        hpc_ns,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "plain"},
+            "spec": {
+                "containers": [{"name": "c", "image": "hpc-offload:dev", "command": ["true"]}],
+                "restartPolicy": "Never",
+            },
+        },
+    )
     assert webhook_admissions(core) == before, "an unannotated pod reached the webhook"
     core.create_namespaced_pod(hpc_ns, pod_manifest("counted", ["true"], restart="Never"))
     assert webhook_admissions(core) == before + 1
-    replicas = kubectl("-n", WEBHOOK_NS, "get", f"deployment/{WEBHOOK_DEPLOYMENT}",
-                       "-o", "jsonpath={.spec.replicas}").stdout
+    replicas = kubectl(
+        "-n", WEBHOOK_NS, "get", f"deployment/{WEBHOOK_DEPLOYMENT}", "-o", "jsonpath={.spec.replicas}"
+    ).stdout
     kubectl("-n", WEBHOOK_NS, "scale", f"deployment/{WEBHOOK_DEPLOYMENT}", "--replicas=0")
     try:
-        wait("the webhook pods to go", lambda: not [
-            p for p in core.list_namespaced_pod(WEBHOOK_NS).items
-            if p.metadata.name.startswith(WEBHOOK_DEPLOYMENT)], timeout=120)
-        core.create_namespaced_pod(hpc_ns, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain2"},
-                                            "spec": {"containers": [{"name": "c", "image": "hpc-offload:dev",
-                                                                     "command": ["true"]}],
-                                                     "restartPolicy": "Never"}})
+        wait(
+            "the webhook pods to go",
+            lambda: (
+                not [
+                    p
+                    for p in core.list_namespaced_pod(WEBHOOK_NS).items
+                    if p.metadata.name.startswith(WEBHOOK_DEPLOYMENT)
+                ]
+            ),
+            timeout=120,
+        )
+        core.create_namespaced_pod(
+            hpc_ns,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "plain2"},
+                "spec": {
+                    "containers": [{"name": "c", "image": "hpc-offload:dev", "command": ["true"]}],
+                    "restartPolicy": "Never",
+                },
+            },
+        )
         with pytest.raises(ApiException) as refused:
             core.create_namespaced_pod(hpc_ns, pod_manifest("refused", ["true"]))
         assert "hpc-offload" in refused.value.body and "failed calling webhook" in refused.value.body
@@ -288,11 +374,14 @@ def test_unannotated_pods_never_reach_the_webhook_and_survive_its_outage(hpc_ns,
         kubectl("-n", WEBHOOK_NS, "rollout", "status", f"deployment/{WEBHOOK_DEPLOYMENT}", "--timeout=180s")
 
 
-@pytest.mark.parametrize(("annotations", "message"), [
-    ({"hpc.offload/runtime": "docker"}, 'hpc.offload/runtime: "docker" is not allowed'),
-    ({"hpc.offload/time": "forever"}, "hpc.offload/time"),
-    ({"hpc.offload/colour": "blue"}, "hpc.offload/colour"),
-])
+@pytest.mark.parametrize(
+    ("annotations", "message"),
+    [
+        ({"hpc.offload/runtime": "docker"}, 'hpc.offload/runtime: "docker" is not allowed'),
+        ({"hpc.offload/time": "forever"}, "hpc.offload/time"),
+        ({"hpc.offload/colour": "blue"}, "hpc.offload/colour"),
+    ],
+)
 def test_bad_annotations_are_denied_with_the_webhooks_message(hpc_ns, core, annotations, message):
     with pytest.raises(ApiException) as denied:
         core.create_namespaced_pod(hpc_ns, pod_manifest("bad", ["true"], annotations=annotations))
@@ -306,8 +395,7 @@ def test_a_pod_outside_the_cluster_policy_is_denied(installed, core):
     try:
         wait("the default service account", lambda: core.list_namespaced_service_account(ns).items)
         with pytest.raises(ApiException) as denied:
-            core.create_namespaced_pod(ns, pod_manifest("long", ["true"],
-                                                        annotations={"hpc.offload/time": "02:00:00"}))
+            core.create_namespaced_pod(ns, pod_manifest("long", ["true"], annotations={"hpc.offload/time": "02:00:00"}))
         assert denied.value.status == 403
         assert "restricted-short-jobs" in json.loads(denied.value.body)["message"]
     finally:
@@ -342,14 +430,33 @@ def test_rotated_profile_secret_is_used_while_a_job_runs(hpc_ns, core, kubectl, 
         # rotate: authorise the new key, put it in the Secret, revoke the old one
         testbed.authorize_key(new_public)
         _set_profile_key(core, hpc_ns, new_private)
-        wait("the new key inside the pod", lambda: kubectl(
-            "exec", "-n", hpc_ns, "rotating", "-c", "main", "--", "cat",
-            "/var/run/hpc-offload/profile/ssh-privatekey", check=False).stdout.strip() == new_private.strip(),
-            timeout=150, every=2)
+        wait(
+            "the new key inside the pod",
+            lambda: (
+                kubectl(
+                    "exec",
+                    "-n",
+                    hpc_ns,
+                    "rotating",
+                    "-c",
+                    "main",
+                    "--",
+                    "cat",
+                    "/var/run/hpc-offload/profile/ssh-privatekey",
+                    check=False,
+                ).stdout.strip()
+                == new_private.strip()
+            ),
+            timeout=150,
+            every=2,
+        )
         testbed.revoke_key(old_public)
         _drop_ssh_sessions()  # the connector must reconnect, and only the new key works now
-        wait("the pod to end", lambda: core.read_namespaced_pod("rotating", hpc_ns).status.phase
-             in ("Succeeded", "Failed"), timeout=150)
+        wait(
+            "the pod to end",
+            lambda: core.read_namespaced_pod("rotating", hpc_ns).status.phase in ("Succeeded", "Failed"),
+            timeout=150,
+        )
         pod = core.read_namespaced_pod("rotating", hpc_ns)
         log = core.read_namespaced_pod_log("rotating", hpc_ns)
         assert pod.status.phase == "Succeeded", log
@@ -381,9 +488,24 @@ def _drop_ssh_sessions() -> None:
 def test_kubectl_hpc_jobs_lists_offloaded_pods(hpc_ns, core, cluster):
     core.create_namespaced_pod(hpc_ns, pod_manifest("listed", ["bash", "-c", "echo hi; exit 0"]))
     wait("the pod to end", lambda: core.read_namespaced_pod("listed", hpc_ns).status.phase == "Succeeded")
-    out = subprocess.run(["python3", "-m", "webhook.admin_cli", "jobs", "-n", hpc_ns, "--kubeconfig",
-                          str(cluster.kubeconfig), "-o", "json"], cwd=REPO, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [
+            "python3",
+            "-m",
+            "webhook.admin_cli",
+            "jobs",
+            "-n",
+            hpc_ns,
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "-o",
+            "json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rows = json.loads(out)
     row = next(r for r in rows if r["pod"] == "listed")
     pod = core.read_namespaced_pod("listed", hpc_ns)
