@@ -256,6 +256,7 @@ def down(paths: Paths | None = None, progress: Progress = print, keep_bridge: bo
     if (bin_dir / "kube-proxy").exists():
         subprocess.run([str(bin_dir / "kube-proxy"), "--cleanup"], capture_output=True)
     network.remove_guards()
+    network.remove_kube_firewall()
     _unmount_under(paths.root)
     _remove_cgroups()
     _remove_outside_state(paths)

@@ -69,3 +69,12 @@ def remove_guards() -> None:
         args = _rule_args(rule)
         while not subprocess.run(["iptables", "-D", chain, *args], capture_output=True).returncode:
             pass
+
+
+def remove_kube_firewall() -> None:
+    """KUBE-FIREWALL (filter INPUT/OUTPUT) survives `kube-proxy --cleanup`: drop it too."""
+    for chain in ("INPUT", "OUTPUT"):
+        while not subprocess.run(["iptables", "-D", chain, "-j", "KUBE-FIREWALL"], capture_output=True).returncode:
+            pass
+    subprocess.run(["iptables", "-F", "KUBE-FIREWALL"], capture_output=True)
+    subprocess.run(["iptables", "-X", "KUBE-FIREWALL"], capture_output=True)
