@@ -34,7 +34,7 @@ from e2e.cluster.node import ctr
 IMAGE_CACHE = CACHE_DIR / "images"
 BUILDAH_ROOT = CACHE_DIR / "buildah" / "storage"
 BUILDAH_RUNROOT = Path("/run/hpc-offload-buildah")
-PAUSE_SRC = Path(__file__).with_name("pause") / "pause.c"
+PAUSE_SRC = Path(__file__).with_name("pause.c")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 Progress = Callable[[str], None]
