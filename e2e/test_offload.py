@@ -118,6 +118,8 @@ def installed(
         patches:
           - path: policy.yaml
     """))
+    # a Job's template is immutable: a re-install replaces the finished cert Job
+    kubectl("-n", WEBHOOK_NS, "delete", "job", "hpc-offload-certs", "--ignore-not-found", check=False)
     kubectl("apply", "-k", str(overlay))
     kubectl("-n", WEBHOOK_NS, "rollout", "status", f"deployment/{WEBHOOK_DEPLOYMENT}", "--timeout=180s")
     # the webhook answers through the API server once the caBundle is in place
