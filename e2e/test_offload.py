@@ -313,7 +313,7 @@ def test_a_killed_connector_is_restarted_and_reattaches(hpc_ns, core, cluster):
 def webhook_admissions(core: client.CoreV1Api) -> float:
     """Admissions counted by every webhook pod (/metrics through the API server's pod proxy)."""
     total = 0.0
-    for pod in core.list_namespaced_pod(WEBHOOK_NS, label_selector="app.kubernetes.io/name=hpc-offload").items:
+    for pod in core.list_namespaced_pod(WEBHOOK_NS, label_selector="app.kubernetes.io/name=hpc-offload-webhook").items:
         if pod.status.phase != "Running" or not pod.metadata.name.startswith(WEBHOOK_DEPLOYMENT):
             continue
         text = core.connect_get_namespaced_pod_proxy_with_path(f"https:{pod.metadata.name}:8443", WEBHOOK_NS, "metrics")
