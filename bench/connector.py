@@ -139,7 +139,8 @@ def baseline_submit(kind: str) -> float:
 
     started = time.monotonic()
     if kind == "slurm-local":
-        subprocess.run(["sbatch", "--parsable", "--output=/dev/null", "--wrap", "true"], capture_output=True, check=True)
+        subprocess.run(["sbatch", "--parsable", "--output=/dev/null", "--wrap", "true"],
+                       capture_output=True, check=True)
     else:
         import paramiko
 
@@ -165,7 +166,7 @@ def end_to_exit(profile: Path) -> float:
 
 
 def baseline_end_to_exit(kind: str, profile: Path) -> float:
-    script = f"#!/bin/bash\necho END $(python3 -c 'import time; time.sleep(3); print(time.time())')\n"
+    script = "#!/bin/bash\necho END $(python3 -c 'import time; time.sleep(3); print(time.time())')\n"
     proc = simulate(script, kind, profile)
     proc.wait()
     ended_wall = time.time()

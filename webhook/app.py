@@ -132,10 +132,8 @@ def create_app(
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 400
-        if status == 413:
-            reason = f"request body larger than {MAX_BODY} bytes"
-        else:
-            reason = exc.description or exc.name
+        too_big = f"request body larger than {MAX_BODY} bytes"
+        reason = too_big if status == 413 else (exc.description or exc.name)
         if request.path == "/mutate":
             metrics.observe("bad_request", None)
             log.info("admission", extra={"outcome": "bad_request", "status": status,
