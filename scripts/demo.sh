@@ -1,31 +1,45 @@
 #!/usr/bin/env bash
-# The demo (README): on a fresh machine, as root, start the real SLURM testbed and run a real
-# job through the connector — its output streamed as it runs, its exit code mirrored.
+# The demo (README): on a fresh machine, as root, bring up a real SLURM testbed and a real
+# local Kubernetes cluster, install hpc-offload as users do (kubectl apply -k), apply a
+# testbed profile and an annotated Job, and watch the Job's log come from SLURM.
+# First run: ~8 minutes (Kubernetes is built from the Go modules); later runs: ~1 minute.
 source "$(dirname "$0")/lib.sh"
 need_root
 cd "$REPO"
 ensure_python
 
-step "SLURM testbed"
+step "SLURM testbed (munge, slurmctld, slurmd, slurmrestd, sshd :2222, charliecloud image)"
 hpc-offload testbed up
 
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-hpc-offload testbed profile slurm-ssh --dir "$work/profile" >/dev/null
-cat > "$work/job-spec.json" <<'JSON'
-{"image": "python:3.11-slim",
- "command": ["python3", "-u", "-c",
-   "import platform, time\nfor i in range(5):\n    print(f'step {i} on {platform.node()}'); time.sleep(1)\nraise SystemExit(3)"],
- "pod": {"namespace": "demo", "name": "hello-hpc", "uid": "UID"}}
-JSON
-sed -i "s/\"UID\"/\"demo-$(date +%s)\"/" "$work/job-spec.json"  # a new pod, a new job
-rm -rf /var/tmp/hpc-offload-demo-state
-step "hpc-connector run: submits over SSH, streams the job's output, mirrors its exit code (3)"
-set +e
-hpc-connector run --spec "$work/job-spec.json" --profile "$work/profile" \
-  --state-dir /var/tmp/hpc-offload-demo-state --termination-log "$work/termination-log"
-rc=$?
-set -e
-echo "connector exit code: $rc (the job's own)"
-echo "termination message: $(cat "$work/termination-log")"
-[ "$rc" = 3 ]
+step "local Kubernetes (kube-apiserver & co. from the Go modules, containerd, runc) and the image"
+hpc-offload e2e cluster up --load-image
+hpc-offload testbed up --listen 10.88.0.1      # pods reach the testbed at the bridge gateway
+KUBECONFIG="$(hpc-offload e2e cluster kubeconfig)"
+export KUBECONFIG
+kubectl() { "$(python -c 'from e2e.cluster import info; print(info().kubectl)')" "$@"; }
+
+step "install: kubectl apply -k manifests/overlays/dev"
+kubectl -n hpc-offload delete job hpc-offload-certs --ignore-not-found >/dev/null 2>&1 || true
+kubectl apply -k manifests/overlays/dev
+kubectl -n hpc-offload wait --for=condition=complete job/hpc-offload-certs --timeout=180s
+kubectl -n hpc-offload rollout status deployment/hpc-offload-webhook --timeout=180s
+
+step "a namespace with the testbed's backend profile (ConfigMap + Secret named 'testbed')"
+kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f -
+hpc-offload testbed profile slurm-ssh --name testbed --host 10.88.0.1 | kubectl apply -n demo -f -
+
+step "an annotated Job: kubectl apply -f examples/testbed-job.yaml"
+kubectl -n demo delete job hello-hpc --ignore-not-found --wait=true >/dev/null
+kubectl -n demo apply -f examples/testbed-job.yaml
+kubectl -n demo wait --for=condition=Ready pod -l job-name=hello-hpc --timeout=120s
+echo "--- squeue (the pod's HPC job):"
+squeue -o '%.8i %.30j %.10T %.8M %R'
+echo "--- kubectl logs -f job/hello-hpc (output streamed from the SLURM job):"
+kubectl -n demo logs -f job/hello-hpc
+kubectl -n demo wait --for=condition=complete job/hello-hpc --timeout=120s
+echo "--- the Job completed:"
+kubectl -n demo get job hello-hpc
+kubectl -n demo get pods -l job-name=hello-hpc \
+  -o jsonpath='{range .items[*]}{.metadata.name}: exit code {.status.containerStatuses[0].state.terminated.exitCode}, {.status.containerStatuses[0].state.terminated.message}{"\n"}{end}'
+echo "--- kubectl hpc jobs -n demo:"
+hpc-offload jobs -n demo
