@@ -6,10 +6,13 @@ up`); on a fresh machine it builds and starts everything (minutes: see e2e/READM
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import client, config
@@ -21,14 +24,45 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+#: Another cluster (kind, see e2e/kind/run.sh) instead of the local one: its kubeconfig, and
+#: the address its pods reach the SLURM testbed at. The image must already be loaded there.
+EXTERNAL_KUBECONFIG = os.environ.get("HPC_OFFLOAD_E2E_KUBECONFIG")
+EXTERNAL_TESTBED_HOST = os.environ.get("HPC_OFFLOAD_E2E_TESTBED_HOST", "")
+
+
+def _external_cluster() -> ClusterInfo:
+    assert EXTERNAL_KUBECONFIG
+    kubectl = shutil.which("kubectl")
+    if kubectl is None or not EXTERNAL_TESTBED_HOST:
+        pytest.exit("HPC_OFFLOAD_E2E_KUBECONFIG needs kubectl on PATH and HPC_OFFLOAD_E2E_TESTBED_HOST", 2)
+    api = client.CoreV1Api(config.new_client_from_config(config_file=EXTERNAL_KUBECONFIG))
+    node = api.list_node().items[0]
+    return ClusterInfo(kubeconfig=Path(EXTERNAL_KUBECONFIG), api_server="", node_name=node.metadata.name,
+                       bridge_gateway=EXTERNAL_TESTBED_HOST, version=node.status.node_info.kubelet_version,
+                       bin_dir=Path(kubectl).parent, kubectl=Path(kubectl), state_dir=Path("/nonexistent"),
+                       project_image="hpc-offload:dev")
+
+
 @pytest.fixture(scope="session")
 def cluster() -> ClusterInfo:
+    if EXTERNAL_KUBECONFIG:
+        return _external_cluster()
     return ensure_up(progress=_progress)
+
+
+@pytest.fixture(scope="session")
+def local_cluster(cluster: ClusterInfo) -> ClusterInfo:
+    """For tests of the local cluster itself (its node address, its containerd socket)."""
+    if EXTERNAL_KUBECONFIG:
+        pytest.skip("checks the local cluster only")
+    return cluster
 
 
 @pytest.fixture(scope="session")
 def project_image(cluster: ClusterInfo) -> str:
     """hpc-offload:dev built from the repo's Dockerfile and imported into the node."""
+    if EXTERNAL_KUBECONFIG:
+        return cluster.project_image  # loaded by e2e/kind/run.sh (kind load docker-image)
     return load_image(progress=_progress)
 
 

@@ -42,7 +42,8 @@ def pod_phase(core: client.CoreV1Api, name: str, ns: str) -> str:
     return core.read_namespaced_pod(name, ns).status.phase
 
 
-def test_node_ready(core: client.CoreV1Api, cluster: ClusterInfo) -> None:
+def test_node_ready(core: client.CoreV1Api, local_cluster: ClusterInfo) -> None:
+    cluster = local_cluster
     node = core.read_node(cluster.node_name)
     ready = {c.type: c.status for c in node.status.conditions}["Ready"]
     assert ready == "True"
@@ -241,6 +242,7 @@ def host_webhook(tmp_path: Path) -> Iterator[tuple[str, bytes]]:
 
 
 def test_mutating_webhook_on_host_is_called_and_patch_applied(
+    local_cluster: ClusterInfo,
     api_client: client.ApiClient,
     core: client.CoreV1Api,
     namespace: str,

@@ -272,7 +272,8 @@ def test_deleting_a_pod_cancels_its_hpc_job(hpc_ns, core):
     assert slurm_state(job_id) == "CANCELLED"
 
 
-def test_a_killed_connector_is_restarted_and_reattaches(hpc_ns, core, cluster):
+def test_a_killed_connector_is_restarted_and_reattaches(hpc_ns, core, local_cluster):
+    cluster = local_cluster  # the container is killed through the local node's containerd
     code = "import time\nfor i in range(20):\n    print('beat', i); time.sleep(1)"
     core.create_namespaced_pod(hpc_ns, pod_manifest("phoenix", py(code), restart="OnFailure"))
     pod = core.read_namespaced_pod("phoenix", hpc_ns)
