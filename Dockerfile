@@ -17,11 +17,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python3 -m venv /opt/hpc-offload
-# Dependencies first, from pyproject.toml alone: this layer is reused while only code changes.
-COPY pyproject.toml ./
+# Dependencies first, from pyproject.toml and the pinned constraints.txt alone:
+# this layer is reused while only code changes.
+COPY pyproject.toml constraints.txt ./
 RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['webhook']))" > /tmp/deps.txt \
- && /opt/hpc-offload/bin/pip wheel --wheel-dir /wheels -r /tmp/deps.txt
+ && /opt/hpc-offload/bin/pip wheel --wheel-dir /wheels -c constraints.txt -r /tmp/deps.txt
 # Then the project's own wheel, and a venv installed only from wheels: the final stage copies
 # the venv, so neither pip caches, sources nor build tools ship.
 COPY . .
