@@ -35,6 +35,10 @@ FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="hpc-offload" \
       org.opencontainers.image.description="Kubernetes admission webhook and connector that run pods as HPC (SLURM) jobs" \
       org.opencontainers.image.licenses="Apache-2.0"
+# openssh-client: the connector's low-memory SSH transport (profile "ssh_client": "openssh")
+RUN apt-get update -q \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-client \
+ && rm -rf /var/lib/apt/lists/*
 RUN (getent group hpc || groupadd --system --gid 10001 hpc) \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/hpc --create-home \
         --shell /usr/sbin/nologin hpc

@@ -242,9 +242,14 @@ def main() -> None:
     api.ensure_up()
     base_rss = baseline_rss()
     lines = ["| measure | connector | baseline | ratio | target |", "|---|---|---|---|---|"]
-    for kind in ("slurm-ssh", "slurm-local"):
+    for label, kind, client in (("slurm-ssh (paramiko)", "slurm-ssh", "paramiko"),
+                                ("slurm-ssh (openssh)", "slurm-ssh", "openssh"),
+                                ("slurm-local", "slurm-local", None)):
         pdir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
         profile.write_dir(pdir, kind, "127.0.0.1")
+        if client:
+            conf = json.loads((pdir / "configuration").read_text())
+            (pdir / "configuration").write_text(json.dumps({**conf, "ssh_client": client}))
         submits = [submit_latency(pdir) for _ in range(args.repeat)]
         submit = statistics.median(s for s, _ in submits)
         rss = max(r for _, r in submits)
@@ -255,12 +260,12 @@ def main() -> None:
         base_cancel = statistics.median(baseline_cancel() for _ in range(args.repeat))
         calls, trips = load_per_period(pdir)
         lines += [
-            row(f"{kind}: start → sbatch accepted", submit, base_submit, "s", "≤ 1.5 s (pod created →)"),
-            row(f"{kind}: job end → connector exit", end, base_end, "s", "≤ 2 s (→ pod Succeeded)"),
-            row(f"{kind}: SIGINT → gone from squeue", cancel, base_cancel, "s", "≤ 1 s"),
-            row(f"{kind}: peak RSS", rss / 1024, base_rss / 1024, "MiB", "≤ 25 MiB"),
-            f"| {kind}: slurmctld calls / {PERIOD:g} s period | {calls:.2f} | – | – | |",
-            f"| {kind}: SSH round trips / {PERIOD:g} s period | {trips:.2f} | – | – | |",
+            row(f"{label}: start → sbatch accepted", submit, base_submit, "s", "≤ 1.5 s (pod created →)"),
+            row(f"{label}: job end → connector exit", end, base_end, "s", "≤ 2 s (→ pod Succeeded)"),
+            row(f"{label}: SIGINT → gone from squeue", cancel, base_cancel, "s", "≤ 1 s"),
+            row(f"{label}: peak RSS", rss / 1024, base_rss / 1024, "MiB", "≤ 25 MiB"),
+            f"| {label}: slurmctld calls / {PERIOD:g} s period | {calls:.2f} | – | – | |",
+            f"| {label}: SSH round trips / {PERIOD:g} s period | {trips:.2f} | – | – | |",
         ]
     print("\n".join(lines))
 

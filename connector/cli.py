@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from connector.backends import backend_class
-from connector.errors import ConnectorError, SpecError
+from connector.errors import ConnectorError, InternalError, ProfileError, SpecError
 from connector.lifecycle import Connector, Timing, read_pod_info
 from connector.outcome import termination_path
 from connector.profile import Profile, load_profile_dir, profile_from_values
@@ -55,7 +55,12 @@ def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
                    termination_log: str | None) -> int:
     spec = with_profile_defaults(spec, profile)
     spec.check_runnable()
-    backend = backend_class(profile.backend)(profile)
+    if state_dir:
+        try:
+            Path(state_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ProfileError(f"--state-dir {state_dir} cannot be created: {exc.strerror}") from None
+    backend = backend_class(profile.backend)(profile, runtime_dir=state_dir)
     period = spec.poll_interval or profile.monitoring_period or DEFAULT_POLL_INTERVAL
     connector = Connector(spec, backend, StateStore(state_dir), Timing.for_period(period),
                           sys.stdout.buffer, termination_log)
@@ -154,6 +159,8 @@ def simulate(ctx: click.Context, job_config: str, monitoring_period: str, print_
         code = _run_connector(spec, profile, state_dir, termination_log)
     except ConnectorError as exc:
         _fail(exc, termination_log)
+    except Exception as exc:  # a bug: still a readable line and a termination message
+        _fail(InternalError(f"unexpected {type(exc).__name__}: {exc}"), termination_log)
     sys.exit(code)
 
 

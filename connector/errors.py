@@ -47,3 +47,10 @@ class BackendError(ConnectorError):
 
     exit_code = 69
     reason = "BackendRefused"
+
+
+class InternalError(ConnectorError):
+    """A bug in the connector: reported like any error, never as a traceback."""
+
+    exit_code = 70  # EX_SOFTWARE
+    reason = "ConnectorBug"

@@ -8,11 +8,9 @@ import ipaddress
 import json
 import ssl
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
@@ -23,19 +21,9 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from e2e.cluster import ClusterInfo
+from e2e.waiting import wait
 
 pytestmark = pytest.mark.e2e
-
-
-def wait(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def pod_phase(core: client.CoreV1Api, name: str, ns: str) -> str:

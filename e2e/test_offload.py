@@ -17,7 +17,6 @@ import subprocess
 import textwrap
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from e2e.cluster import ClusterInfo
+from e2e.waiting import wait
 
 pytestmark = pytest.mark.e2e
 
@@ -43,17 +43,6 @@ POLICY = textwrap.dedent(f"""\
         namespaces: ["{RESTRICTED_PREFIX}*"]
         maxTime: "00:10:00"
 """)
-
-
-def wait(what: str, check: Callable[[], Any], timeout: float = 120, every: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def record_timing(name: str, seconds: float) -> None:

@@ -36,6 +36,12 @@ def profiles(testbed_info, tmp_path_factory) -> dict[str, Path]:
         directory = tmp_path_factory.mktemp(kind)
         profile.write_dir(directory, kind, "127.0.0.1")
         dirs[kind] = directory
+    # the same SSH profile with the system OpenSSH client instead of paramiko
+    openssh = tmp_path_factory.mktemp("slurm-ssh-openssh")
+    profile.write_dir(openssh, "slurm-ssh", "127.0.0.1")
+    conf = json.loads((openssh / "configuration").read_text())
+    (openssh / "configuration").write_text(json.dumps({**conf, "ssh_client": "openssh"}))
+    dirs["slurm-ssh-openssh"] = openssh
     return dirs
 
 

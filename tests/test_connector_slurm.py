@@ -15,7 +15,8 @@ import pytest
 
 pytestmark = [pytest.mark.slurm]
 
-BACKENDS = ["slurm-ssh", "slurm-local"]
+BACKENDS = ["slurm-ssh", "slurm-ssh-openssh", "slurm-local"]  # paramiko, OpenSSH client, local
+SSH_BACKENDS = ["slurm-ssh", "slurm-ssh-openssh"]
 PY = "python3"
 
 
@@ -83,7 +84,7 @@ def test_a_job_killed_by_a_signal_gives_128_plus_n(backend, profiles, run_connec
 def test_time_limit_exceeded_gives_the_timeout_code(profiles, run_connector):
     """Both backends at once: SLURM notices a time limit only every ~30 s."""
     runs = [run_connector(bash_spec("sleep 600", slurm={"time": "1"}, poll_interval=2), profiles[b])
-            for b in BACKENDS]
+            for b in ("slurm-ssh", "slurm-local")]  # two jobs fit the testbed's two CPUs
     for run in runs:
         assert run.wait(timeout=240) == 201, run.log
         assert run.termination["state"] == "TIMEOUT"
@@ -106,8 +107,9 @@ def test_sigint_cancels_the_job(backend, when, profiles, run_connector):
     assert run.termination["reason"] == "PodStopped"
 
 
-def test_sigterm_cancels_and_exits_143(profiles, run_connector):
-    run = run_connector(bash_spec("sleep 300"), profiles["slurm-ssh"])
+@pytest.mark.parametrize("backend", SSH_BACKENDS)
+def test_sigterm_cancels_and_exits_143(backend, profiles, run_connector):
+    run = run_connector(bash_spec("sleep 300"), profiles[backend])
     run.wait_for_stderr("running")
     run.proc.send_signal(signal.SIGTERM)
     assert run.wait(timeout=60) == 143, run.log
@@ -165,11 +167,12 @@ def _sshd_session_pids(listener: int) -> list[int]:
     return found
 
 
-def test_survives_sshd_down_for_20_seconds(testbed_info, profiles, run_connector):
+@pytest.mark.parametrize("backend", SSH_BACKENDS)
+def test_survives_sshd_down_for_20_seconds(backend, testbed_info, profiles, run_connector):
     from testbed import api, daemons
 
     run = run_connector(bash_spec("for i in $(seq 1 40); do echo beat $i; sleep 1; done"),
-                        profiles["slurm-ssh"])
+                        profiles[backend])
     run.wait_for_stderr("running")
     sshd = api._current_specs()[-1]
     listener = daemons.running_pid(sshd)
@@ -184,10 +187,11 @@ def test_survives_sshd_down_for_20_seconds(testbed_info, profiles, run_connector
     assert beats == [f"beat {i}" for i in range(1, 41)]
 
 
-def test_a_wrong_host_key_is_refused_before_anything_is_submitted(profiles, run_connector, tmp_path):
+@pytest.mark.parametrize("backend", SSH_BACKENDS)
+def test_a_wrong_host_key_is_refused_before_anything_is_submitted(backend, profiles, run_connector, tmp_path):
     profile = tmp_path / "profile"
     profile.mkdir()
-    for item in profiles["slurm-ssh"].iterdir():
+    for item in profiles[backend].iterdir():
         (profile / item.name).write_bytes(item.read_bytes())
     impostor = paramiko.Ed25519Key.from_private_key_file(str(profile / "ssh-privatekey"))
     (profile / "known_hosts").write_text(f"[127.0.0.1]:2222 ssh-ed25519 {impostor.get_base64()}\n")

@@ -54,8 +54,9 @@ class Backend(ABC):
 
     type_name: ClassVar[str] = ""
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, runtime_dir: str | None = None) -> None:
         self.profile = profile
+        self.runtime_dir = runtime_dir  # writable, private to this connector (sockets, key copies)
         self._transport: Transport | None = None
         self.scheduler_calls = 0  # requests that reach the workload manager's controller
 

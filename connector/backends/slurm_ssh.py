@@ -11,7 +11,7 @@ class SlurmSSHBackend(SlurmBackend):
     type_name = "slurm-ssh"
 
     def make_transport(self) -> Transport:
-        from connector.transport.ssh import SSHTarget, SSHTransport  # paramiko only when used
+        from connector.transport.target import SSHTarget
 
         profile = self.profile
         host = profile.setting("host")
@@ -23,12 +23,20 @@ class SlurmSSHBackend(SlurmBackend):
         except (TypeError, ValueError):
             raise ProfileError(f"profile {profile.name!r}: port {profile.setting('port')!r} "
                                "is not a number") from None
-        return SSHTransport(
-            SSHTarget(
-                host=str(host),
-                port=port,
-                user=str(user),
-                key_file=str(profile.require_secret("ssh-privatekey")),
-                known_hosts_file=str(profile.require_secret("known_hosts")),
-            )
+        target = SSHTarget(
+            host=str(host),
+            port=port,
+            user=str(user),
+            key_file=str(profile.require_secret("ssh-privatekey")),
+            known_hosts_file=str(profile.require_secret("known_hosts")),
         )
+        client = str(profile.setting("ssh_client", "paramiko")).lower()
+        if client == "openssh":
+            from connector.transport.openssh import OpenSSHTransport
+
+            return OpenSSHTransport(target, self.runtime_dir)
+        if client != "paramiko":
+            raise ProfileError(f"profile {profile.name!r}: ssh_client {client!r} is not paramiko or openssh")
+        from connector.transport.ssh import SSHTransport  # paramiko is loaded only when used
+
+        return SSHTransport(target)

@@ -7,6 +7,8 @@ import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from connector.errors import TransientError
+
 
 @dataclass(frozen=True)
 class CommandResult:
@@ -45,13 +47,15 @@ class Transport(ABC):
     @abstractmethod
     def exists(self, path: str) -> bool: ...
 
-    @abstractmethod
     def mkdir(self, path: str, mode: int = 0o700) -> None:
         """Create a directory and its parents; no error if it exists."""
+        result = self.run(["mkdir", "-p", "-m", f"{mode:o}", "--", path])
+        if not result.ok:
+            raise TransientError(f"cannot create {path}: {result.describe(['mkdir', path])}")
 
-    @abstractmethod
     def remove(self, path: str) -> None:
         """Remove a file or a directory tree; no error if it is gone."""
+        self.run(["rm", "-rf", "--", path])
 
     @abstractmethod
     def listdir(self, path: str) -> list[str]: ...

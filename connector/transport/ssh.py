@@ -14,11 +14,11 @@ import socket
 import stat
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from connector.errors import HostKeyError, ProfileError, TransientError
 from connector.transport.base import CommandResult, Transport
+from connector.transport.target import SSHTarget
 
 # paramiko imports `invoke` only for ssh_config "Match exec", which the connector never uses;
 # keeping it out saves ~7 MB of the connector's resident memory.
@@ -30,18 +30,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _LINK_ERRORS = (OSError, EOFError, socket.timeout, paramiko.SSHException)
-
-
-@dataclass(frozen=True)
-class SSHTarget:
-    host: str
-    port: int
-    user: str
-    key_file: str
-    known_hosts_file: str
-    connect_timeout: float = 10.0
-    keepalive: int = 15
-    operation_timeout: float = 30.0
 
 
 class SSHTransport(Transport):
@@ -210,14 +198,6 @@ class SSHTransport(Transport):
             return bool(mode is not None and stat.S_ISDIR(mode))
 
         return self._guard(check, f"checking {path}")
-
-    def mkdir(self, path: str, mode: int = 0o700) -> None:
-        result = self.run(["mkdir", "-p", "-m", f"{mode:o}", "--", path])
-        if not result.ok:
-            raise TransientError(f"cannot create {path}: {result.describe(['mkdir', path])}")
-
-    def remove(self, path: str) -> None:
-        self.run(["rm", "-rf", "--", path])
 
     def listdir(self, path: str) -> list[str]:
         return self._guard(lambda: sorted(self._sftp_client().listdir(path)), f"listing {path}")
