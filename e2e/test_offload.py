@@ -181,6 +181,16 @@ def pod_manifest(name: str, command: list[str], *, restart: str = "Never", annot
     }
 
 
+def pod_log(core: client.CoreV1Api, name: str, ns: str) -> str:
+    """The pod's log so far; empty while its container is still being created."""
+    try:
+        return core.read_namespaced_pod_log(name, ns)
+    except ApiException as exc:
+        if exc.status == 400:
+            return ""
+        raise
+
+
 def job_pods(core: client.CoreV1Api, ns: str, job: str) -> list[client.V1Pod]:
     return core.list_namespaced_pod(ns, label_selector=f"job-name={job}").items
 
@@ -268,7 +278,7 @@ def test_a_killed_connector_is_restarted_and_reattaches(hpc_ns, core, local_clus
     pod = core.read_namespaced_pod("phoenix", hpc_ns)
     name = f"hpco-{pod.metadata.uid}"
     job_id = wait("the HPC job", lambda: squeue_ids(name))[0]
-    wait("a beat in the log", lambda: "beat 2" in core.read_namespaced_pod_log("phoenix", hpc_ns))
+    wait("a beat in the log", lambda: "beat 2" in pod_log(core, "phoenix", hpc_ns))
     container_id = core.read_namespaced_pod("phoenix", hpc_ns).status.container_statuses[0].container_id
     socket = cluster.state_dir / "run" / "containerd.sock"
     subprocess.run(
