@@ -218,7 +218,7 @@ def test_annotated_job_runs_on_slurm_with_live_logs(hpc_ns, core, kubectl):
     record_timing("pod created -> sbatch accepted (s)", time.monotonic() - created)
     assert len(ids) == 1
     # output reaches `kubectl logs` while the HPC job still runs
-    wait("a live line", lambda: "tick 2" in core.read_namespaced_pod_log(pod.metadata.name, hpc_ns, container="main"))
+    wait("a live line", lambda: "tick 2" in pod_log(core, pod.metadata.name, hpc_ns))
     assert queued(ids[0]), "the job should still be running when its output is visible"
     wait(
         "the Job to complete",
