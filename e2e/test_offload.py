@@ -209,7 +209,7 @@ def py(code: str) -> list[str]:
 
 def test_annotated_job_runs_on_slurm_with_live_logs(hpc_ns, core, kubectl):
     batch = client.BatchV1Api(core.api_client)
-    code = "import time\nfor i in range(8):\n    print('tick', i); time.sleep(1)"
+    code = "import time\nfor i in range(8):\n    print('tick', i); time.sleep(1)\nprint('END', time.time())"
     created = time.monotonic()
     kubectl("apply", "-n", hpc_ns, "-f", "-", stdin=job_manifest("ticks", py(code)))
     pod = wait("the job's pod", lambda: job_pods(core, hpc_ns, "ticks") and job_pods(core, hpc_ns, "ticks")[0])
@@ -220,6 +220,11 @@ def test_annotated_job_runs_on_slurm_with_live_logs(hpc_ns, core, kubectl):
     # output reaches `kubectl logs` while the HPC job still runs
     wait("a live line", lambda: "tick 2" in pod_log(core, pod.metadata.name, hpc_ns))
     assert queued(ids[0]), "the job should still be running when its output is visible"
+    wait("the pod to succeed", lambda: core.read_namespaced_pod(pod.metadata.name, hpc_ns).status.phase
+         == "Succeeded", every=0.05)
+    succeeded = time.time()
+    end_line = next(line for line in pod_log(core, pod.metadata.name, hpc_ns).splitlines() if line.startswith("END"))
+    record_timing("HPC job ended -> pod Succeeded (s)", succeeded - float(end_line.split()[1]))
     wait(
         "the Job to complete",
         lambda: (batch.read_namespaced_job_status("ticks", hpc_ns).status.succeeded or 0) >= 1,
