@@ -43,8 +43,7 @@ class OpenSSHTransport(Transport):
             "-F", "/dev/null", "-p", str(t.port), "-i", str(self.dir / "key"),
             "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={self.dir / 'known_hosts'}", "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "ControlMaster=auto", "-o", f"ControlPath={self.dir / 'master'}",
-            "-o", "ControlPersist=300", "-o", f"ServerAliveInterval={t.keepalive}",
+            "-o", f"ControlPath={self.dir / 'master'}", "-o", f"ServerAliveInterval={t.keepalive}",
             "-o", "ServerAliveCountMax=3", "-o", f"ConnectTimeout={int(t.connect_timeout)}",
             "-o", "LogLevel=ERROR", "-l", t.user,
         ]
@@ -62,25 +61,51 @@ class OpenSSHTransport(Transport):
                 handle.write(data)
         self.connects += 1
 
+    @property
+    def _where(self) -> str:
+        return f"{self.target.user}@{self.target.host}:{self.target.port}"
+
+    def _ensure_master(self) -> None:
+        """One background master connection that every command rides on. Started detached
+        (-f, output to a file): a master holding our pipes would keep each command waiting."""
+        if (self.dir / "master").exists():
+            return
+        self._refresh_credentials()  # a new connection: a rotated key or known_hosts applies
+        log = self.dir / "master.log"
+        with open(log, "wb") as sink:
+            try:
+                code = subprocess.run(
+                    ["ssh", *self._options(), "-o", "ControlMaster=yes", "-o", "ControlPersist=300",
+                     "-f", "-N", self.target.host],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=sink,
+                    timeout=self.target.connect_timeout + 5).returncode
+            except subprocess.TimeoutExpired:
+                raise TransientError(f"SSH to {self._where} did not connect in time") from None
+        if code != 0:
+            self._raise_link_error(log.read_text(errors="replace"))
+
+    def _raise_link_error(self, err: str) -> None:
+        if any(marker in err for marker in _HOST_KEY_ERRORS):
+            raise HostKeyError(f"host key of {self.target.host}:{self.target.port} does not match "
+                               "known_hosts (or is not in it): refusing to connect")
+        if "Permission denied" in err:
+            raise TransientError(f"SSH authentication as {self._where} failed (key not accepted)")
+        last = err.strip().splitlines()[-1] if err.strip() else "no error text"
+        raise TransientError(f"SSH to {self._where} failed: {last}")
+
     def _ssh(self, argv: list[str], stdin: bytes | None, timeout: float) -> tuple[int, bytes, str]:
         self.round_trips += 1
-        if not (self.dir / "master").exists():  # a new master connection: fresh credentials
-            self._refresh_credentials()
-        where = f"{self.target.user}@{self.target.host}:{self.target.port}"
+        self._ensure_master()
         try:
-            proc = subprocess.run(["ssh", *self._options(), self.target.host, "--", shlex.join(argv)],
-                                  input=stdin or b"", capture_output=True, timeout=timeout)
+            proc = subprocess.run(
+                ["ssh", *self._options(), "-o", "ControlMaster=no", self.target.host, "--", shlex.join(argv)],
+                input=stdin or b"", capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise TransientError(f"`{argv[0]}` on {where} did not answer within {timeout:g}s") from None
+            raise TransientError(f"`{argv[0]}` on {self._where} did not answer within {timeout:g}s") from None
         err = proc.stderr.decode("utf-8", "replace")
-        if proc.returncode == 255:
-            if any(marker in err for marker in _HOST_KEY_ERRORS):
-                raise HostKeyError(f"host key of {self.target.host}:{self.target.port} does not match "
-                                   "known_hosts (or is not in it): refusing to connect")
-            if "Permission denied" in err:
-                raise TransientError(f"SSH authentication as {where} failed (key not accepted)")
-            if err.strip():
-                raise TransientError(f"SSH to {where} failed: {err.strip().splitlines()[-1]}")
+        if proc.returncode == 255 and err.strip():
+            self._drop_master()  # the next call builds a new one, with fresh credentials
+            self._raise_link_error(err)
         return proc.returncode, proc.stdout, err
 
     def run(self, argv: list[str], timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
@@ -127,8 +152,12 @@ class OpenSSHTransport(Transport):
     def home(self) -> str:
         return self.run(["pwd"]).stdout.strip()
 
-    def close(self) -> None:
+    def _drop_master(self) -> None:
         if (self.dir / "master").exists():
             subprocess.run(["ssh", *self._options(), "-O", "exit", self.target.host],
-                           capture_output=True, timeout=10)
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+            (self.dir / "master").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._drop_master()
         shutil.rmtree(self.dir, ignore_errors=True)
