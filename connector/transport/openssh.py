@@ -24,6 +24,7 @@ _HOST_KEY_ERRORS = ("Host key verification failed", "REMOTE HOST IDENTIFICATION 
 _READ = 'test -e "$1" || exit 3; tail -c +"$2" -- "$1" | head -c "$3"'
 _WRITE = 'umask 077; cat > "$1" && chmod "$2" -- "$1"'
 _MISSING = 3
+_SOCKET_PATH_MAX = 104  # sun_path, less its terminating NUL, on the strictest systems
 
 
 class OpenSSHTransport(Transport):
@@ -34,6 +35,9 @@ class OpenSSHTransport(Transport):
         # a private dir for the control socket and a 0600 copy of the key: ssh refuses keys
         # that are group-readable, as the kubelet's fsGroup makes Secret files
         self.dir = Path(tempfile.mkdtemp(prefix="ssh-", dir=runtime_dir))
+        if len(str(self.dir / "master")) + 20 > _SOCKET_PATH_MAX:  # ssh adds a suffix while binding
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = Path(tempfile.mkdtemp(prefix="ssh-"))
         self.round_trips = 0
         self.connects = 0
 
