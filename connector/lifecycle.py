@@ -62,12 +62,12 @@ class Timing:
     """The two clocks (seconds)."""
 
     period: float = DEFAULT_POLL_INTERVAL
-    tick: float = 0.5
+    tick: float = 0.25
     fast: float = 0.2  # while an end is imminent or a cancel is waiting
 
     @classmethod
     def for_period(cls, period: float) -> Timing:
-        return cls(period=period, tick=min(0.5, period))
+        return cls(period=period, tick=min(0.25, period))
 
 
 class Connector:
