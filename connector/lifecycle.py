@@ -188,16 +188,17 @@ class Connector:
         last_query = 0.0
         last_status: JobStatus | None = None
         imminent_until = 0.0
+        payload_exit: int | None = None
         while True:
             if self.signum is not None:
                 return self._cancel()
             now = time.monotonic()
             due = now - last_query >= self.timing.period or now < imminent_until
-            if not due and self.spec.script is None and self._safe(
-                lambda: self.backend.ended_marker(self.paths)  # type: ignore[arg-type]
-            ):
-                due = True
-                imminent_until = now + 10.0
+            if payload_exit is None and self.spec.script is None:
+                payload_exit = self._safe(lambda: self.backend.ended_marker(self.paths))  # type: ignore[arg-type]
+                if payload_exit is not None:
+                    due = True
+                    imminent_until = now + 10.0
             if due:
                 status = self._safe(lambda: self.backend.status(self.record.job_id))  # type: ignore[union-attr]
                 last_query = now
@@ -207,6 +208,8 @@ class Connector:
                     last_status = status
                     if status.state.ended:
                         return self._finish(status)
+                    if payload_exit is not None and status.raw_state == "COMPLETING":
+                        return self._finish(_completed(status, payload_exit))
             printed = self._safe(self._pump_logs) if self.spec.logs == "stream" else 0
             if printed and last_status is not None and last_status.state is JobState.PENDING:
                 last_query = 0.0  # output while we thought it pending: it runs; ask now
@@ -336,6 +339,14 @@ class Connector:
                 continue
             self._backoff = 1.0
             return value
+
+
+def _completed(status: JobStatus, code: int) -> JobStatus:
+    """A job whose script has exited (its exit status is written) and that SLURM is only
+    cleaning up after: its end is known, so the pod need not wait for the epilog."""
+    state = JobState.COMPLETED if code == 0 else JobState.FAILED
+    return JobStatus(job_id=status.job_id, state=state, raw_state=state.value, reason=status.reason,
+                     exit_code=code, signal=0, node=status.node)
 
 
 def read_pod_info(directory: Path) -> dict[str, str]:

@@ -90,10 +90,12 @@ class Backend(ABC):
         """New output since offset (empty when nothing new or not yet created)."""
         return self.transport.read_from(paths.output, offset, limit) or b""
 
-    def ended_marker(self, paths: JobPaths) -> bool:
-        """True once a rendered script wrote its payload's exit status: a cheap hint that the
-        job is ending, checked between the (slower, shared) scheduler queries."""
-        return self.transport.exists(paths.exit_status)
+    def ended_marker(self, paths: JobPaths) -> int | None:
+        """The payload's exit status once a rendered script wrote it, else None: a cheap sign
+        that the job is ending, checked between the (slower, shared) scheduler queries."""
+        data = self.transport.read_from(paths.exit_status, 0, 64)
+        text = data.decode("ascii", "replace").strip() if data else ""
+        return int(text) if text.isdigit() else None
 
     # --- files (staging) --------------------------------------------------------------------
 
