@@ -62,7 +62,11 @@ def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
             raise ProfileError(f"--state-dir {state_dir} cannot be created: {exc.strerror}") from None
     backend = backend_class(profile.backend)(profile, runtime_dir=state_dir)
     period = spec.poll_interval or profile.monitoring_period or DEFAULT_POLL_INTERVAL
-    connector = Connector(spec, backend, StateStore(state_dir), Timing.for_period(period),
+    try:
+        tail = float(profile.setting("tail_interval", 0.5))
+    except (TypeError, ValueError):
+        raise ProfileError(f"tail_interval {profile.setting('tail_interval')!r} is not seconds") from None
+    connector = Connector(spec, backend, StateStore(state_dir), Timing.for_period(period, tail),
                           sys.stdout.buffer, termination_log)
     connector.install_signal_handlers()
     return connector.run()

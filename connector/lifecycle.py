@@ -62,12 +62,14 @@ class Timing:
     """The two clocks (seconds)."""
 
     period: float = DEFAULT_POLL_INTERVAL
-    tick: float = 0.25
+    tick: float = 0.5
     fast: float = 0.2  # while an end is imminent or a cancel is waiting
 
     @classmethod
-    def for_period(cls, period: float) -> Timing:
-        return cls(period=period, tick=min(0.25, period))
+    def for_period(cls, period: float, tail_interval: float = 0.5) -> Timing:
+        """`tail_interval` (profile): how often output and the end marker are read; each read
+        is one request to the login node's sshd, none to slurmctld."""
+        return cls(period=period, tick=min(max(tail_interval, 0.1), period))
 
 
 class Connector:
