@@ -32,8 +32,13 @@ step "an annotated Job: kubectl apply -f examples/testbed-job.yaml"
 kubectl -n demo delete job hello-hpc --ignore-not-found --wait=true >/dev/null
 kubectl -n demo apply -f examples/testbed-job.yaml
 kubectl -n demo wait --for=condition=Ready pod -l job-name=hello-hpc --timeout=120s
-echo "--- squeue (the pod's HPC job):"
-squeue -o '%.8i %.30j %.10T %.8M %R'
+uid="$(kubectl -n demo get pod -l job-name=hello-hpc -o jsonpath='{.items[0].metadata.uid}')"
+for _ in $(seq 100); do   # the connector submits within about a second
+  [ -n "$(squeue -h --states=all --name="hpco-$uid" -o %i)" ] && break
+  sleep 0.1
+done
+echo "--- squeue: the pod's HPC job (named after the pod's UID):"
+squeue --states=all --name="hpco-$uid" -o '%.8i %.45j %.10T %.8M %R'
 echo "--- kubectl logs -f job/hello-hpc (output streamed from the SLURM job):"
 kubectl -n demo logs -f job/hello-hpc
 kubectl -n demo wait --for=condition=complete job/hello-hpc --timeout=120s
