@@ -274,7 +274,7 @@ class Connector:
     # --- output -----------------------------------------------------------------------------
 
     def _pump_logs(self, final: bool = False) -> int:
-        """Print complete new lines; the offset saved counts only what was printed."""
+        """Print complete new lines; the saved offset counts only complete lines."""
         assert self.record is not None and self.paths is not None
         read = 0
         while True:
@@ -295,11 +295,13 @@ class Connector:
         return read
 
     def _emit(self, data: bytes, consumed: int | None = None) -> None:
+        """The offset is saved before the lines are written: a connector killed in between
+        (SIGKILL, OOM) reattaches after them, so no line is ever printed twice."""
         assert self.record is not None
-        self.out.write(data)
-        self.out.flush()
         self.record.log_offset += len(data) if consumed is None else consumed
         self.state.save(self.record)
+        self.out.write(data)
+        self.out.flush()
 
     def _print_all_logs(self) -> None:
         assert self.record is not None
