@@ -304,10 +304,7 @@ class JobSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
         if not isinstance(data, Mapping):
             raise SpecError("the job spec must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(f"unknown job spec field(s): {', '.join(unknown)}")
+        _reject_unknown(data, cls, "unknown job spec field(s)")
         values: dict[str, Any] = dict(data)
         try:
             for key in ("command", "args", "env_passthrough"):
@@ -400,13 +397,17 @@ def _string_list(value: Any, what: str) -> list[str]:
     return [str(item) for item in value]
 
 
+def _reject_unknown(data: Mapping[str, Any], model: type, message: str) -> None:
+    """A misspelt key is an error, not silently ignored."""
+    unknown = sorted(set(data) - {f.name for f in fields(model)})
+    if unknown:
+        raise SpecError(f"{message}: {', '.join(map(str, unknown))}")
+
+
 def _slurm_from_dict(value: Any) -> SlurmOptions:
     if not isinstance(value, Mapping):
         raise SpecError("slurm: must be an object")
-    known = {f.name for f in fields(SlurmOptions)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise SpecError(f"slurm: unknown option(s): {', '.join(unknown)}")
+    _reject_unknown(value, SlurmOptions, "slurm: unknown option(s)")
     options: dict[str, Any] = dict(value)
     for key in ("nodes", "ntasks", "cpus_per_task"):
         if options.get(key) is not None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import datetime as _dt
-import ipaddress
 import json
 import ssl
 import threading
@@ -13,13 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from certs.generate import new_ca, new_leaf
 from e2e.cluster import ClusterInfo
 from e2e.waiting import wait
 
@@ -152,37 +147,6 @@ def test_prestop_hook_runs_on_delete(
     assert (hook_dir / "term").read_text() == "prestop-before-term=True"
 
 
-def _self_signed(host: str, out: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "e2e-webhook")])
-    now = _dt.datetime.now(_dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _dt.timedelta(minutes=5))
-        .not_valid_after(now + _dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = out / "tls.crt", out / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 class _Webhook(BaseHTTPRequestHandler):
     calls: list[str] = []
 
@@ -216,7 +180,11 @@ class _Webhook(BaseHTTPRequestHandler):
 @pytest.fixture()
 def host_webhook(tmp_path: Path) -> Iterator[tuple[str, bytes]]:
     """An HTTPS admission webhook on the host's loopback: (url, CA bundle PEM)."""
-    cert, key = _self_signed("127.0.0.1", tmp_path)
+    ca_crt, ca_key = new_ca("e2e-webhook-ca", days=1)  # the project's own certificate code
+    leaf_crt, leaf_key = new_leaf(ca_crt, ca_key, dns=[], ips=["127.0.0.1"], days=1)
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_bytes(leaf_crt)
+    key.write_bytes(leaf_key)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
@@ -224,7 +192,7 @@ def host_webhook(tmp_path: Path) -> Iterator[tuple[str, bytes]]:
     _Webhook.calls = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"https://127.0.0.1:{server.server_address[1]}/mutate", cert.read_bytes()
+    yield f"https://127.0.0.1:{server.server_address[1]}/mutate", ca_crt
     server.shutdown()
     server.server_close()
 
