@@ -246,3 +246,21 @@ def test_paper_compatible_simulate_with_slurm_local(testbed_info, tmp_path):
     )
     assert proc.returncode == 3, proc.stderr
     assert "paper-mode-output" in proc.stdout
+
+
+@pytest.mark.parametrize("backend", SSH_BACKENDS)
+def test_stage_in_and_out(backend, profiles, run_connector, tmp_path):
+    """Pod files reach the job directory before submission; results come back after the end."""
+    data = tmp_path / "in"
+    (data / "sub").mkdir(parents=True)
+    (data / "numbers.txt").write_text("1\n2\n3\n")
+    (data / "sub" / "more.txt").write_text("4\n")
+    results = tmp_path / "out"
+    spec = bash_spec("mkdir -p results && awk '{s+=$1} END {print s}' input/numbers.txt input/sub/more.txt"
+                     " > results/sum.txt",
+                     stage_in=[{"src": str(data), "dst": "input"}],
+                     stage_out=[{"src": str(results), "dst": "results"}])
+    run = run_connector(spec, profiles[backend])
+    assert run.wait() == 0, run.log
+    assert (results / "sum.txt").read_text().strip() == "10"
+    assert "staged in" in run.log and "staged out" in run.log
