@@ -181,7 +181,7 @@ class _Webhook(BaseHTTPRequestHandler):
 def host_webhook(tmp_path: Path) -> Iterator[tuple[str, bytes]]:
     """An HTTPS admission webhook on the host's loopback: (url, CA bundle PEM)."""
     ca_crt, ca_key = new_ca("e2e-webhook-ca", days=1)  # the project's own certificate code
-    leaf_crt, leaf_key = new_leaf(ca_crt, ca_key, dns=[], ips=["127.0.0.1"], days=1)
+    leaf_crt, leaf_key = new_leaf(ca_crt, ca_key, dns=["e2e-webhook.local"], ips=["127.0.0.1"], days=1)
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     cert.write_bytes(leaf_crt)
     key.write_bytes(leaf_key)
