@@ -113,7 +113,8 @@ def start_containerd(paths: Paths) -> None:
             raise RuntimeError(f"{tool} not found: apt-get install containerd runc")
     for d in (paths.containerd_root, paths.containerd_state, paths.cni_conf_dir, paths.run):
         d.mkdir(parents=True, exist_ok=True)
-    write_if_changed(paths.containerd_config, containerd_config(paths))
+    if write_if_changed(paths.containerd_config, containerd_config(paths)):
+        procs.stop(paths, "containerd")  # containers survive it (their shims keep running)
     conf = paths.cni_conf_dir / "10-hpc-offload.conflist"
     write_if_changed(conf, json.dumps(cni_conflist(), indent=2))
     procs.start(paths, "containerd", ["/usr/bin/containerd", "--config", str(paths.containerd_config)])
@@ -167,7 +168,8 @@ def kubelet_config(paths: Paths, p: Pki) -> dict[str, object]:
 def start_kubelet(paths: Paths, bin_dir: Path, p: Pki) -> None:
     paths.kubelet_root.mkdir(parents=True, exist_ok=True)
     config = paths.root / "kubelet-config.yaml"
-    write_if_changed(config, yaml.safe_dump(kubelet_config(paths, p), sort_keys=False))
+    if write_if_changed(config, yaml.safe_dump(kubelet_config(paths, p), sort_keys=False)):
+        procs.stop(paths, "kubelet")  # a running kubelet keeps its old settings otherwise; pods live on
     procs.start(
         paths,
         "kubelet",
