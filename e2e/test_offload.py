@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import re
-import signal
 import subprocess
 import textwrap
 import time
@@ -458,7 +457,7 @@ def test_rotated_profile_secret_is_used_while_a_job_runs(hpc_ns, core, kubectl, 
             every=2,
         )
         testbed.revoke_key(old_public)
-        _drop_ssh_sessions()  # the connector must reconnect, and only the new key works now
+        testbed.break_ssh()  # the connector must reconnect, and only the new key works now
         wait(
             "the pod to end",
             lambda: core.read_namespaced_pod("rotating", hpc_ns).status.phase in ("Succeeded", "Failed"),
@@ -473,23 +472,6 @@ def test_rotated_profile_secret_is_used_while_a_job_runs(hpc_ns, core, kubectl, 
     finally:
         testbed.revoke_key(old_public)
         testbed.revoke_key(new_public)
-
-
-def _drop_ssh_sessions() -> None:
-    """Kill the testbed sshd's session processes (not the listener): open links break."""
-    from testbed import api as testbed
-    from testbed import daemons
-
-    listener = daemons.running_pid(testbed._current_specs()[-1])
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == listener:
-            os.kill(int(entry.name), signal.SIGKILL)
 
 
 def test_kubectl_hpc_jobs_lists_offloaded_pods(hpc_ns, core, cluster):

@@ -7,8 +7,11 @@ serialise on one lock file.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
+import os
+import signal
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -167,6 +170,34 @@ def status() -> list[DaemonStatus]:
             running, note = False, "process alive but not answering"
         out.append(DaemonStatus(spec.name, running, pid, spec.addresses, note))
     return out
+
+
+def break_ssh(listener_too: bool = False) -> int:
+    """Fault injection for tests: SIGKILL every open SSH session of the testbed's sshd (and the
+    listener itself with listener_too, i.e. sshd down until the next `ensure_up`). Returns how
+    many processes were killed. The session processes are found as the listener's descendants."""
+    listener = daemons.running_pid(_current_specs()[-1])
+    if listener is None:
+        return 0
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    victims, todo = [], list(children.get(listener, []))
+    while todo:
+        pid = todo.pop()
+        victims.append(pid)
+        todo.extend(children.get(pid, []))
+    if listener_too:
+        victims.append(listener)
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):  # a session may end on its own meanwhile
+            os.kill(pid, signal.SIGKILL)
+    return len(victims)
 
 
 def authorize_key(pubkey_line: str) -> bool:

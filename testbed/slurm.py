@@ -103,24 +103,23 @@ def prepare() -> str:
     return conf
 
 
-def ctld_daemon(conf: str) -> Daemon:
+def _daemon(name: str, port: int, conf: str) -> Daemon:
+    """slurmctld or slurmd in the foreground; ready once it answers on its port."""
     return Daemon(
-        name="slurmctld",
-        argv=("/usr/sbin/slurmctld", "-D"),
-        addresses=(f"127.0.0.1:{layout.SLURMCTLD_PORT}",),
+        name=name,
+        argv=(f"/usr/sbin/{name}", "-D"),
+        addresses=(f"127.0.0.1:{port}",),
         config=conf,
-        ready=lambda: port_answers("127.0.0.1", layout.SLURMCTLD_PORT),
+        ready=lambda: port_answers("127.0.0.1", port),
     )
+
+
+def ctld_daemon(conf: str) -> Daemon:
+    return _daemon("slurmctld", layout.SLURMCTLD_PORT, conf)
 
 
 def slurmd_daemon(conf: str) -> Daemon:
-    return Daemon(
-        name="slurmd",
-        argv=("/usr/sbin/slurmd", "-D"),
-        addresses=(f"127.0.0.1:{layout.SLURMD_PORT}",),
-        config=conf,
-        ready=lambda: port_answers("127.0.0.1", layout.SLURMD_PORT),
-    )
+    return _daemon("slurmd", layout.SLURMD_PORT, conf)
 
 
 def node_state() -> str:

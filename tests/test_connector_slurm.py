@@ -150,35 +150,14 @@ def test_reattach_by_name_when_the_state_is_lost(profiles, run_connector, tmp_pa
     assert jobs_named(f"hpco-{uid}") == [first.job_id]
 
 
-def _sshd_session_pids(listener: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [listener]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
 @pytest.mark.parametrize("backend", SSH_BACKENDS)
 def test_survives_sshd_down_for_20_seconds(backend, testbed_info, profiles, run_connector):
-    from testbed import api, daemons
+    from testbed import api
 
     run = run_connector(bash_spec("for i in $(seq 1 40); do echo beat $i; sleep 1; done"),
                         profiles[backend])
     run.wait_for_stderr("running")
-    sshd = api._current_specs()[-1]
-    listener = daemons.running_pid(sshd)
-    assert listener
-    for pid in _sshd_session_pids(listener):  # the listener and every open session
-        os.kill(pid, signal.SIGKILL)
+    assert api.break_ssh(listener_too=True) >= 2  # the listener and the connector's session
     time.sleep(20)
     api.ensure_up()
     assert run.wait(timeout=120) == 0, run.log
