@@ -208,7 +208,18 @@ def py(code: str) -> list[str]:
 
 def test_annotated_job_runs_on_slurm_with_live_logs(hpc_ns, core, kubectl):
     batch = client.BatchV1Api(core.api_client)
-    code = "import time\nfor i in range(8):\n    print('tick', i); time.sleep(1)\nprint('END', time.time())"
+    # The job holds after its third line until the test has seen that line in `kubectl logs`
+    # (a flag file in /tmp, which ch-run shares with the node): "visible while the job still
+    # runs" is then a fact, not a race against a loaded machine.
+    release = Path("/tmp") / f"hpco-e2e-release-{uuid.uuid4().hex}"
+    code = textwrap.dedent(f"""\
+        import os, time
+        for i in range(8):
+            print('tick', i); time.sleep(0.5)
+            deadline = time.time() + 120
+            while i == 2 and not os.path.exists({str(release)!r}) and time.time() < deadline:
+                time.sleep(0.05)
+        print('END', time.time())""")
     created = time.monotonic()
     kubectl("apply", "-n", hpc_ns, "-f", "-", stdin=job_manifest("ticks", py(code)))
     pod = wait("the job's pod", lambda: job_pods(core, hpc_ns, "ticks") and job_pods(core, hpc_ns, "ticks")[0])
@@ -217,11 +228,15 @@ def test_annotated_job_runs_on_slurm_with_live_logs(hpc_ns, core, kubectl):
     record_timing("pod created -> sbatch accepted (s)", time.monotonic() - created)
     assert len(ids) == 1
     # output reaches `kubectl logs` while the HPC job still runs
-    wait("a live line", lambda: "tick 2" in pod_log(core, pod.metadata.name, hpc_ns))
-    assert queued(ids[0]), "the job should still be running when its output is visible"
+    try:
+        wait("a live line", lambda: "tick 2" in pod_log(core, pod.metadata.name, hpc_ns))
+        assert queued(ids[0]), "the job should still be running when its output is visible"
+    finally:
+        release.touch()
     wait("the pod to succeed", lambda: core.read_namespaced_pod(pod.metadata.name, hpc_ns).status.phase
          == "Succeeded", every=0.05)
     succeeded = time.time()
+    release.unlink()
     end_line = next(line for line in pod_log(core, pod.metadata.name, hpc_ns).splitlines() if line.startswith("END"))
     record_timing("HPC job ended -> pod Succeeded (s)", succeeded - float(end_line.split()[1]))
     wait(
