@@ -7,7 +7,7 @@ Measures, for slurm-ssh and slurm-local, each against a baseline run in the same
   * job end → connector exit        baseline: the paper's mode (verbatim script, end seen only at
                                     the monitoring period of 2 s)
   * SIGINT → job gone from squeue   baseline: a bare `scancel`, then polling squeue
-  * peak RSS of the connector       baseline: `python3 -c pass`
+  * peak RSS of the connector       baseline: `python3 -c pass` (openssh: also with its ssh master)
   * scheduler calls and SSH round trips per monitoring period while a job runs
 Needs root and the testbed (`hpc-offload testbed up`).
 """
@@ -37,8 +37,10 @@ PERIOD = 2.0
 class Proc:
     """A connector subprocess; stderr lines are timestamped as they arrive."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], helpers: str | None = None) -> None:
         self.started = time.monotonic()
+        self.helpers = helpers  # a path in the cmdline of its helper processes (ssh master)
+        self.peak_with_helpers_kib = 0
         self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
         self.events: list[tuple[float, str]] = []
@@ -65,6 +67,10 @@ class Proc:
             match = re.search(r"VmHWM:\s+(\d+)", text)
             if match and "python" in Path(f"/proc/{self.proc.pid}/cmdline").read_text():
                 self.peak_kib = max(self.peak_kib, int(match.group(1)))
+                if self.helpers:
+                    now = _rss_kib(text) + sum(_rss_kib(_status(pid)) for pid in _pids_with(self.helpers)
+                                                 if pid != self.proc.pid)
+                    self.peak_with_helpers_kib = max(self.peak_with_helpers_kib, now)
             time.sleep(0.005)
 
     def when(self, text: str, timeout: float = 60) -> float:
@@ -84,6 +90,31 @@ class Proc:
         return code, ended, self.peak_kib
 
 
+def _status(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return ""
+
+
+def _rss_kib(status: str) -> int:
+    match = re.search(r"VmRSS:\s+(\d+)", status)
+    return int(match.group(1)) if match else 0
+
+
+def _pids_with(text: str) -> list[int]:
+    """Processes whose command line mentions text: the connector's detached ssh master."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_text(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
 def connector(spec: dict, profile: Path, debug: bool = False) -> Proc:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     spec = {**spec, "pod": {"namespace": "bench", "name": "b", "uid": str(uuid.uuid4())}}
@@ -91,7 +122,7 @@ def connector(spec: dict, profile: Path, debug: bool = False) -> Proc:
     argv = [sys.executable, "-m", "connector.cli", "--log-level", "debug" if debug else "info", "run",
             "--spec", str(work / "job-spec.json"), "--profile", str(profile),
             "--state-dir", str(work / "state"), "--termination-log", str(work / "term")]
-    return Proc(argv, {**os.environ, "USER": os.environ.get("USER", "root")})
+    return Proc(argv, {**os.environ, "USER": os.environ.get("USER", "root")}, helpers=str(work / "state"))
 
 
 def simulate(script: str, profile_kind: str, profile: Path) -> Proc:
@@ -127,11 +158,13 @@ def job_id_of(proc: Proc) -> str:
 
 # --- measurements -------------------------------------------------------------------------------
 
-def submit_latency(profile: Path) -> tuple[float, int]:
+def submit_latency(profile: Path) -> tuple[float, int, int]:
+    """Seconds to sbatch accepted; peak RSS in KiB of the connector, and of it with its ssh
+    master (sampled together)."""
     proc = connector({"command": ["true"], "runtime": "none"}, profile)
     accepted = proc.when("submitted HPC job")
     _, _, rss = proc.wait()
-    return accepted - proc.started, rss
+    return accepted - proc.started, rss, proc.peak_with_helpers_kib
 
 
 def baseline_submit(kind: str) -> float:
@@ -251,8 +284,9 @@ def main() -> None:
             conf = json.loads((pdir / "configuration").read_text())
             (pdir / "configuration").write_text(json.dumps({**conf, "ssh_client": client}))
         submits = [submit_latency(pdir) for _ in range(args.repeat)]
-        submit = statistics.median(s for s, _ in submits)
-        rss = max(r for _, r in submits)
+        submit = statistics.median(s for s, _, _ in submits)
+        rss = max(r for _, r, _ in submits)
+        rss_with_ssh = max(r for _, _, r in submits)
         base_submit = statistics.median(baseline_submit(kind) for _ in range(args.repeat))
         end = statistics.median(end_to_exit(pdir) for _ in range(args.repeat))
         base_end = statistics.median(baseline_end_to_exit(kind, pdir) for _ in range(args.repeat))
@@ -264,6 +298,8 @@ def main() -> None:
             row(f"{label}: job end → connector exit", end, base_end, "s", "≤ 2 s (→ pod Succeeded)"),
             row(f"{label}: SIGINT → gone from squeue", cancel, base_cancel, "s", "≤ 1 s"),
             row(f"{label}: peak RSS", rss / 1024, base_rss / 1024, "MiB", "≤ 25 MiB"),
+            *([row(f"{label}: peak RSS with its ssh master", rss_with_ssh / 1024, base_rss / 1024, "MiB",
+                   "(the pod's whole share)")] if client == "openssh" else []),
             f"| {label}: slurmctld calls / {PERIOD:g} s period | {calls:.2f} | – | – | |",
             f"| {label}: SSH round trips / {PERIOD:g} s period | {trips:.2f} | – | – | |",
         ]

@@ -171,8 +171,8 @@ class Connector:
         profile_image = self.backend.profile.setting("image")
         script = render_script(self.spec, paths, env.keys(), profile_image)
         started = time.monotonic()
-        self.backend.transport.mkdir(job_dir, 0o700)
-        if self.spec.stage_in:
+        if self.spec.stage_in:  # submit makes the job dir itself; staging needs it first
+            self.backend.transport.mkdir(job_dir, 0o700)
             stage_in(self.backend, self.spec.stage_in, job_dir)
         job_id = self.backend.submit(
             script, paths, render_env_file(env), sbatch_identity_args(self.spec, paths)

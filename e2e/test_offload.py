@@ -481,7 +481,7 @@ def test_rotated_profile_secret_is_used_while_a_job_runs(hpc_ns, core, kubectl, 
         pod = core.read_namespaced_pod("rotating", hpc_ns)
         log = core.read_namespaced_pod_log("rotating", hpc_ns)
         assert pod.status.phase == "Succeeded", log
-        assert "restored" in log, "the connector reconnected during the run"
+        assert "reconnected to " in log, "the connector reconnected (with the new key) during the run"
         assert [line for line in log.splitlines() if line.startswith("long")] == [f"long {i}" for i in range(45)]
         assert squeue_ids(f"hpco-{pod.metadata.uid}") == [job_id]
     finally:

@@ -32,16 +32,17 @@ def profiles(testbed_info, tmp_path_factory) -> dict[str, Path]:
     from testbed import profile
 
     dirs = {}
-    for kind in ("slurm-ssh", "slurm-local"):
-        directory = tmp_path_factory.mktemp(kind)
+    # slurm-ssh twice, once per SSH client: paramiko, and the system OpenSSH client (the
+    # default wherever `ssh` is installed, as here and in the project's image)
+    for name, kind, client in (("slurm-ssh", "slurm-ssh", "paramiko"),
+                               ("slurm-ssh-openssh", "slurm-ssh", "openssh"),
+                               ("slurm-local", "slurm-local", None)):
+        directory = tmp_path_factory.mktemp(name)
         profile.write_dir(directory, kind, "127.0.0.1")
-        dirs[kind] = directory
-    # the same SSH profile with the system OpenSSH client instead of paramiko
-    openssh = tmp_path_factory.mktemp("slurm-ssh-openssh")
-    profile.write_dir(openssh, "slurm-ssh", "127.0.0.1")
-    conf = json.loads((openssh / "configuration").read_text())
-    (openssh / "configuration").write_text(json.dumps({**conf, "ssh_client": "openssh"}))
-    dirs["slurm-ssh-openssh"] = openssh
+        if client:
+            conf = json.loads((directory / "configuration").read_text())
+            (directory / "configuration").write_text(json.dumps({**conf, "ssh_client": client}))
+        dirs[name] = directory
     return dirs
 
 

@@ -161,7 +161,7 @@ def test_survives_sshd_down_for_20_seconds(backend, testbed_info, profiles, run_
     time.sleep(20)
     api.ensure_up()
     assert run.wait(timeout=120) == 0, run.log
-    assert "lost contact" in run.log and "restored" in run.log
+    assert "lost contact" in run.log and "restored" in run.log and "reconnected to " in run.log
     beats = [text for text in run.stdout.splitlines() if text.startswith("beat")]
     assert beats == [f"beat {i}" for i in range(1, 41)]
 

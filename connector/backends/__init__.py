@@ -1,11 +1,11 @@
-"""Backend discovery: the entry-point group `hpc_offload.backends` (a site adds its own
-workload manager as a package, without forking), with the built-in ones as a fallback when
-running from a source tree that is not installed."""
+"""Backend discovery: the built-in backends by name, and the entry-point group
+`hpc_offload.backends` for the rest (a site adds its own workload manager as a package,
+without forking). Built-in names resolve without reading package metadata: importlib.metadata
+costs the connector ~3 MB of resident memory and ~40 ms of start-up."""
 
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 
 from connector.backends.base import Backend, JobState, JobStatus
 from connector.errors import ProfileError
@@ -18,16 +18,16 @@ BUILTIN = {
 
 
 def available() -> dict[str, str]:
-    """Backend type name -> "module:Class"."""
-    found = dict(BUILTIN)
-    for entry in entry_points(group=GROUP):
-        found[entry.name.lower()] = entry.value
-    return found
+    """Backend type name -> "module:Class"; a built-in name is not overridden."""
+    from importlib.metadata import entry_points
+
+    found = {entry.name.lower(): entry.value for entry in entry_points(group=GROUP)}
+    return {**found, **BUILTIN}
 
 
 def backend_class(type_name: str) -> type[Backend]:
     name = type_name.strip().lower()
-    target = available().get(name)
+    target = BUILTIN.get(name) or available().get(name)
     if target is None:
         known = ", ".join(sorted(available()))
         raise ProfileError(f"backend {type_name!r} is not installed; known backends: {known}")

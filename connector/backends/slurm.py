@@ -108,8 +108,11 @@ class SlurmBackend(Backend):
 
     def submit(self, script: str, paths: JobPaths, env_file: bytes, identity_args: list[str]) -> str:
         transport = self.transport
-        transport.mkdir(paths.job_dir, 0o700)
-        transport.remove(paths.exit_status)
+        # one round trip: the job dir, and no end marker left by an earlier job in it
+        prepare = ["sh", "-c", 'mkdir -p -m 700 -- "$1" && rm -f -- "$2"', "sh", paths.job_dir, paths.exit_status]
+        result = transport.run(prepare)
+        if not result.ok:
+            raise TransientError(f"cannot prepare {paths.job_dir}: {result.describe(prepare)}")
         transport.write_file(paths.env_file, env_file, 0o600)
         transport.write_file(paths.script, script.encode(), 0o700)
         argv = ["sbatch", "--parsable", *identity_args, paths.script]

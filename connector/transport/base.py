@@ -3,11 +3,20 @@ manager is written once and reached over any transport (paper requirement R5).""
 
 from __future__ import annotations
 
+import logging
 import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from connector.errors import TransientError
+
+log = logging.getLogger("hpc-connector")
+
+
+def log_reconnect(where: str, connects: int) -> None:
+    """A new connection after the first: said once, so an operator sees a rotated key used."""
+    if connects > 1:
+        log.info("reconnected to %s (connection %d; key and known_hosts re-read)", where, connects)
 
 
 @dataclass(frozen=True)

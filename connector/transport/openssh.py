@@ -3,7 +3,8 @@
 Same contract as the paramiko transport (strict host-key checking against the profile's
 known_hosts only, key re-read at every reconnect), but the SSH protocol and its crypto live in
 the `ssh` processes, not in the connector: the connector stays near 20 MB resident instead of
-~35 MB with paramiko and cryptography loaded. Chosen with `"ssh_client": "openssh"`.
+~35 MB with paramiko and cryptography loaded. The default wherever `ssh` is installed
+(`"ssh_client": "auto"`); `"paramiko"` picks the other.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from connector.errors import HostKeyError, ProfileError, TransientError
-from connector.transport.base import CommandResult, Transport
+from connector.transport.base import CommandResult, Transport, log_reconnect
 from connector.transport.target import SSHTarget
 
 _HOST_KEY_ERRORS = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
@@ -87,6 +88,7 @@ class OpenSSHTransport(Transport):
                 raise TransientError(f"SSH to {self._where} did not connect in time") from None
         if code != 0:
             self._raise_link_error(log.read_text(errors="replace"))
+        log_reconnect(self._where, self.connects)
 
     def _raise_link_error(self, err: str) -> None:
         if any(marker in err for marker in _HOST_KEY_ERRORS):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from connector.errors import HostKeyError, ProfileError, TransientError
-from connector.transport.base import CommandResult, Transport
+from connector.transport.base import CommandResult, Transport, log_reconnect
 from connector.transport.target import SSHTarget
 
 # paramiko imports `invoke` only for ssh_config "Match exec", which the connector never uses;
@@ -30,6 +30,15 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _LINK_ERRORS = (OSError, EOFError, socket.timeout, paramiko.SSHException)
+
+
+def _open_socket(target: SSHTarget) -> socket.socket:
+    """A TCP connection with Nagle off. paramiko leaves it on, and every small SSH packet
+    (a channel request, a command's stdin) then waits for the peer's delayed ACK: ~40 ms a
+    command instead of ~5 ms. OpenSSH sets TCP_NODELAY itself."""
+    sock = socket.create_connection((target.host, target.port), timeout=target.connect_timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 class SSHTransport(Transport):
@@ -72,6 +81,7 @@ class SSHTransport(Transport):
             client.connect(
                 target.host,
                 port=target.port,
+                sock=_open_socket(target),
                 username=target.user,
                 pkey=pkey,
                 timeout=target.connect_timeout,
@@ -104,6 +114,7 @@ class SSHTransport(Transport):
             transport.set_keepalive(target.keepalive)
         self._client = client
         self.connects += 1
+        log_reconnect(where, self.connects)
         return client
 
     def _sftp_client(self) -> SFTPClient:
