@@ -8,6 +8,7 @@ without the connector polling slurmctld every second.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from connector import outcome as outcomes
-from connector.backends.base import Backend, JobState, JobStatus
+from connector.backends.base import LOG_CHUNK, Backend, JobState, JobStatus
 from connector.errors import ConnectorError, TransientError
 from connector.render import JobPaths, render_env_file, render_script, sbatch_identity_args
 from connector.spec import DEFAULT_POLL_INTERVAL, JobSpec
@@ -196,11 +197,12 @@ class Connector:
                 return self._cancel()
             now = time.monotonic()
             due = now - last_query >= self.timing.period or now < imminent_until
-            if payload_exit is None and self.spec.script is None:
-                payload_exit = self._safe(lambda: self.backend.ended_marker(self.paths))  # type: ignore[arg-type]
-                if payload_exit is not None:
-                    due = True
-                    imminent_until = now + 10.0
+            want_marker = payload_exit is None and self.spec.script is None
+            printed, marker = self._safe(functools.partial(self._tick, want_marker)) or (0, None)
+            if marker is not None:
+                payload_exit = marker
+                due = True
+                imminent_until = now + 10.0
             if due:
                 status = self._safe(lambda: self.backend.status(self.record.job_id))  # type: ignore[union-attr]
                 last_query = now
@@ -212,7 +214,6 @@ class Connector:
                         return self._finish(status)
                     if payload_exit is not None and status.raw_state == "COMPLETING":
                         return self._finish(_completed(status, payload_exit))
-            printed = self._safe(self._pump_logs) if self.spec.logs == "stream" else 0
             if printed and last_status is not None and last_status.state is JobState.PENDING:
                 last_query = 0.0  # output while we thought it pending: it runs; ask now
             self._sleep(self.timing.fast if now < imminent_until else self.timing.tick)
@@ -273,21 +274,40 @@ class Connector:
 
     # --- output -----------------------------------------------------------------------------
 
+    def _tick(self, want_marker: bool) -> tuple[int, int | None]:
+        """One round trip a tick: new output (when streaming) and the end marker (until seen).
+        Returns the bytes of output read and the marker."""
+        assert self.paths is not None
+        stream = self.spec.logs == "stream"
+        chunk, marker = self.backend.progress(self.paths, self._read_offset() if stream else None, want_marker)
+        printed = self._take(chunk)
+        if len(chunk) >= LOG_CHUNK:  # more is waiting than one read brings
+            printed += self._pump_logs()
+        return printed, marker
+
+    def _read_offset(self) -> int:
+        assert self.record is not None
+        return self.record.log_offset + len(self.partial)
+
+    def _take(self, chunk: bytes) -> int:
+        """Print the complete lines; keep a partial last line until its end arrives."""
+        if chunk:
+            self.partial += chunk
+            cut = self.partial.rfind(b"\n") + 1
+            if cut:
+                self._emit(self.partial[:cut])
+                self.partial = self.partial[cut:]
+        return len(chunk)
+
     def _pump_logs(self, final: bool = False) -> int:
-        """Print complete new lines; the saved offset counts only complete lines."""
-        assert self.record is not None and self.paths is not None
+        """Print complete new lines until none are waiting; the saved offset counts only
+        complete lines."""
+        assert self.paths is not None
         read = 0
         while True:
-            start = self.record.log_offset + len(self.partial)
-            chunk = self.backend.logs(self.paths, start)
-            read += len(chunk)
-            if chunk:
-                self.partial += chunk
-                cut = self.partial.rfind(b"\n") + 1
-                if cut:
-                    self._emit(self.partial[:cut])
-                    self.partial = self.partial[cut:]
-            if len(chunk) < (1 << 20):
+            chunk = self.backend.logs(self.paths, self._read_offset())
+            read += self._take(chunk)
+            if len(chunk) < LOG_CHUNK:
                 break
         if final and self.partial:
             self._emit(self.partial + b"\n", consumed=len(self.partial))

@@ -16,6 +16,8 @@ from connector.profile import Profile
 from connector.render import JobPaths
 from connector.transport.base import Transport
 
+LOG_CHUNK = 1 << 20  # the most output read in one request
+
 
 class JobState(enum.Enum):
     PENDING = "PENDING"
@@ -86,16 +88,21 @@ class Backend(ABC):
     def find(self, job_name: str) -> str | None:
         """The id of a job with this name (it carries the pod UID), if any is known."""
 
-    def logs(self, paths: JobPaths, offset: int, limit: int = 1 << 20) -> bytes:
+    def logs(self, paths: JobPaths, offset: int, limit: int = LOG_CHUNK) -> bytes:
         """New output since offset (empty when nothing new or not yet created)."""
         return self.transport.read_from(paths.output, offset, limit) or b""
 
-    def ended_marker(self, paths: JobPaths) -> int | None:
-        """The payload's exit status once a rendered script wrote it, else None: a cheap sign
-        that the job is ending, checked between the (slower, shared) scheduler queries."""
-        data = self.transport.read_from(paths.exit_status, 0, 64)
-        text = data.decode("ascii", "replace").strip() if data else ""
-        return int(text) if text.isdigit() else None
+    def progress(self, paths: JobPaths, offset: int | None, marker: bool) -> tuple[bytes, int | None]:
+        """What the connector reads every tick, in one round trip and with no scheduler call:
+        new output from offset (None: not wanted) and, when asked, the payload's exit status
+        once a rendered script wrote it (a cheap sign that the job is ending)."""
+        reads = [(paths.output, offset, LOG_CHUNK)] if offset is not None else []
+        if marker:
+            reads.append((paths.exit_status, 0, 64))
+        results = self.transport.read_files(reads) if reads else []
+        chunk = (results.pop(0) or b"") if offset is not None else b""
+        text = results[0].decode("ascii", "replace").strip() if marker and results[0] else ""
+        return chunk, int(text) if text.isdigit() else None
 
     # --- files (staging) --------------------------------------------------------------------
 

@@ -49,6 +49,11 @@ class Transport(ABC):
     def read_from(self, path: str, offset: int, limit: int = 1 << 20) -> bytes | None:
         """Bytes of a file from offset (at most limit); None if the file does not exist."""
 
+    def read_files(self, reads: list[tuple[str, int, int]]) -> list[bytes | None]:
+        """Several `read_from(path, offset, limit)` at once. Transports where each request
+        costs a process or a remote shell answer them in one round trip."""
+        return [self.read_from(path, offset, limit) for path, offset, limit in reads]
+
     @abstractmethod
     def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
         """Create or replace a file; the mode is set before any byte is written."""
