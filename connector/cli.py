@@ -22,7 +22,7 @@ import click
 
 from connector.backends import backend_class
 from connector.errors import ConnectorError, InternalError, ProfileError, SpecError
-from connector.lifecycle import Connector, Timing, read_pod_info
+from connector.lifecycle import DEFAULT_TAIL_INTERVAL, Connector, Timing, read_pod_info
 from connector.outcome import termination_path
 from connector.profile import Profile, load_profile_dir, profile_from_values
 from connector.spec import DEFAULT_POLL_INTERVAL, JobSpec, PodRef, parse_duration
@@ -63,7 +63,7 @@ def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
     backend = backend_class(profile.backend)(profile, runtime_dir=state_dir)
     period = spec.poll_interval or profile.monitoring_period or DEFAULT_POLL_INTERVAL
     try:
-        tail = float(profile.setting("tail_interval", 0.5))
+        tail = float(profile.setting("tail_interval", DEFAULT_TAIL_INTERVAL))
     except (TypeError, ValueError):
         raise ProfileError(f"tail_interval {profile.setting('tail_interval')!r} is not seconds") from None
     connector = Connector(spec, backend, StateStore(state_dir), Timing.for_period(period, tail),
