@@ -47,3 +47,39 @@ def test_read_files_answers_each_read_in_order(transport):
     finally:
         transport.remove(directory)
     assert transport.read_from(f"{directory}/job.out", 0) is None
+
+
+def test_openssh_reads_survive_a_dead_remote_shell_and_a_dead_master(testbed_info, tmp_path):
+    """The per-tick reads ride on one open remote shell; when it or the link under it dies,
+    one read fails as transient and the next one opens a new shell (and master)."""
+    from connector.errors import TransientError
+    from connector.transport.openssh import OpenSSHTransport
+    from connector.transport.target import SSHTarget
+    from testbed import api, layout
+
+    target = SSHTarget("127.0.0.1", 2222, layout.TEST_USER, str(layout.CLIENT_KEY), str(layout.KNOWN_HOSTS))
+    transport = OpenSSHTransport(target)
+    path = f"/tmp/hpco-transport-{uuid.uuid4().hex}"
+    try:
+        transport.write_file(path, b"line\n")
+        assert transport.read_files([(path, 0, 64)]) == [b"line\n"]
+        shell = transport._shell()
+        assert transport.read_files([(path, 1, 64)]) == [b"ine\n"]
+        assert transport._shell() is shell, "the same shell answers every tick"
+        shell.proc.kill()
+        with pytest.raises(TransientError):
+            transport.read_files([(path, 0, 64)])
+        assert transport.read_files([(path, 0, 64)]) == [b"line\n"]
+        assert api.break_ssh() >= 1  # every sshd session, the master's included
+        for _ in range(3):  # the fault is seen once, then a new master and shell answer
+            try:
+                assert transport.read_files([(path, 0, 64)]) == [b"line\n"]
+                break
+            except TransientError:
+                continue
+        else:
+            raise AssertionError("no read worked after the link was broken")
+        assert transport.connects == 2
+    finally:
+        transport.remove(path)
+        transport.close()

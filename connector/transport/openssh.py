@@ -18,6 +18,7 @@ from pathlib import Path
 
 from connector.errors import HostKeyError, ProfileError, TransientError
 from connector.transport.base import CommandResult, Transport, log_reconnect
+from connector.transport.remote_shell import RemoteShell, ShellClosed
 from connector.transport.target import SSHTarget
 
 _HOST_KEY_ERRORS = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
@@ -52,6 +53,7 @@ class OpenSSHTransport(Transport):
             self.dir = Path(tempfile.mkdtemp(prefix="ssh-"))
         self.round_trips = 0
         self.connects = 0
+        self._remote: RemoteShell | None = None
 
     def _options(self) -> list[str]:
         t = self.target
@@ -137,11 +139,29 @@ class OpenSSHTransport(Transport):
             raise TransientError(f"reading {path} failed: {err.strip() or code}")
         return out
 
+    def _shell(self) -> RemoteShell:
+        """The open remote shell the per-tick reads go through (made on first use, and again
+        after a fault, over the master)."""
+        if self._remote is None or not self._remote.alive:
+            self._ensure_master()
+            self._remote = RemoteShell(["ssh", *self._options(), "-o", "ControlMaster=no", self.target.host,
+                                        "--", "exec sh"], self.dir / "shell.log")
+        return self._remote
+
     def read_files(self, reads: list[tuple[str, int, int]]) -> list[bytes | None]:
+        """One line to the open remote shell: no ssh process here, no new session there."""
+        self.round_trips += 1
         args = [str(item) for read in reads for item in read]
-        code, out, err = self._ssh(["sh", "-c", _READ_MANY, "sh", *args], None, 30)
+        try:
+            code, out = self._shell().ask(shlex.join(["sh", "-c", _READ_MANY, "sh", *args]), 30)
+        except ShellClosed as exc:
+            self._remote = None
+            if exc.stderr.strip():
+                self._drop_master()  # as for any command: the next call builds a fresh one
+                self._raise_link_error(exc.stderr)
+            raise TransientError(f"reading {reads[0][0]} on {self._where}: {exc.message}") from None
         if code != 0:
-            raise TransientError(f"reading {', '.join(path for path, _, _ in reads)} failed: {err.strip() or code}")
+            raise TransientError(f"reading {', '.join(path for path, _, _ in reads)} failed: exit {code}")
         results: list[bytes | None] = []
         for path, _, _ in reads:
             header, newline, out = out.partition(b"\n")
@@ -194,5 +214,8 @@ class OpenSSHTransport(Transport):
             (self.dir / "master").unlink(missing_ok=True)
 
     def close(self) -> None:
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
         self._drop_master()
         shutil.rmtree(self.dir, ignore_errors=True)
