@@ -293,9 +293,9 @@ class JobSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data without empty fields, so annotations stay short."""
-        pruned = _prune(_plain(self))
-        assert isinstance(pruned, dict)
-        return pruned
+        plain = _plain(self)
+        assert isinstance(plain, dict)
+        return plain
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -367,28 +367,25 @@ class JobSpec:
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
+_EMPTY: tuple[Any, ...] = (None, (), [], {}, False)  # dropped from the JSON form
+
+
 def _plain(value: Any) -> Any:
-    """Dataclasses to dicts without asdict's deep copies (the webhook does this per admission)."""
+    """Dataclasses to JSON-able dicts without empty fields, in one pass and without asdict's
+    deep copies (the webhook does this per admission)."""
     cls = type(value)
     if hasattr(cls, "__dataclass_fields__"):
         names = _FIELD_NAMES.get(cls)
         if names is None:
             names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(value))
-        return {name: _plain(getattr(value, name)) for name in names}
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+        items = [(name, _plain(getattr(value, name))) for name in names]
+    elif isinstance(value, Mapping):
+        items = [(key, _plain(item)) for key, item in value.items()]
+    elif isinstance(value, list | tuple):
         return [_plain(item) for item in value]
-    return value
-
-
-def _prune(value: Any) -> Any:
-    if isinstance(value, dict):
-        items = {k: _prune(v) for k, v in value.items()}
-        return {k: v for k, v in items.items() if v not in (None, (), [], {}, False)}
-    if isinstance(value, list | tuple):
-        return [_prune(v) for v in value]
-    return value
+    else:
+        return value
+    return {key: item for key, item in items if item not in _EMPTY}
 
 
 def _string_list(value: Any, what: str) -> list[str]:

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from certs.generate import CA_CERT, CA_KEY, make_bundle, sans_of, write_dir
 from webhook.localserver import LocalServer, make_certs
+from webhook.tls import WATCH_INTERVAL
 
 POLICY_ALLOW = """
 rules:
@@ -255,6 +256,8 @@ def test_certificate_rotation_is_picked_up_without_restart(server):
     assert post(server, review(job_pod())).status_code == 200  # still verifies
     # A connection opened before the rotation keeps working.
     assert post(server, review(job_pod()), session=keep_alive).status_code == 200
+    # every worker has the new certificate now, even one that took no connection meanwhile
+    time.sleep(2 * WATCH_INTERVAL + 0.5)
 
     # A broken file is not served: the last good certificate stays until a good one lands.
     (certs / "tls.crt").write_text("not a certificate")

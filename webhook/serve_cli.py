@@ -51,6 +51,7 @@ def _gunicorn_app(options: dict[str, Any], config_path: str | None,
             from webhook.app import create_app
 
             config, store = _load_parts(config_path, policy_path)
+            tls.watch()  # in each worker: threads do not survive the fork
             return create_app(config, store, tls)
 
     return WebhookServer()

@@ -13,6 +13,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,9 @@ def _plain_factory(certfile: str, keyfile: str) -> Callable[[], ssl.SSLContext]:
     return factory
 
 
+WATCH_INTERVAL = 1.0  # seconds between checks of the certificate files
+
+
 class ReloadingContext:
     """An `ssl.SSLContext` re-made whenever the certificate or key file changes."""
 
@@ -63,6 +67,7 @@ class ReloadingContext:
         self._tried: Signature | None = None
         self.info: CertInfo | None = None
         self.error: str | None = None
+        self._factory: Callable[[], ssl.SSLContext] | None = None  # gunicorn's, once seen
 
     def context(self, factory: Callable[[], ssl.SSLContext] | None = None) -> ssl.SSLContext:
         """The current context, re-loaded first if the files changed. Raises only if no
@@ -109,6 +114,19 @@ class ReloadingContext:
         """The `ssl_context` server hook: keeps gunicorn's own settings (ciphers, ALPN)."""
 
         def ssl_context(_conf: Any, factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+            self._factory = factory
             return self.context(factory)
 
         return ssl_context
+
+    def watch(self, interval: float = WATCH_INTERVAL) -> None:
+        """Also reload on a timer, in this process. A worker otherwise reloads only when it
+        accepts a connection: one that took none while a renewed certificate was in place
+        would keep the one before, and keep it if the next file is broken."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(interval)
+                self.refresh(self._factory)
+
+        threading.Thread(target=loop, name="tls-reload", daemon=True).start()
