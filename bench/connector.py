@@ -7,7 +7,7 @@ Measures, for slurm-ssh and slurm-local, each against a baseline run in the same
   * job end → connector exit        baseline: the paper's mode (verbatim script, end seen only at
                                     the monitoring period of 2 s)
   * SIGINT → job gone from squeue   baseline: a bare `scancel`, then polling squeue
-  * peak RSS of the connector       baseline: `python3 -c pass` (openssh: also with its ssh master)
+  * peak RSS of the connector       baseline: `python3 -c pass` (openssh: also the PSS sum with its ssh processes)
   * scheduler calls and SSH round trips per monitoring period while a job runs
 Needs root and the testbed (`hpc-offload testbed up`).
 """
@@ -67,9 +67,9 @@ class Proc:
             match = re.search(r"VmHWM:\s+(\d+)", text)
             if match and "python" in Path(f"/proc/{self.proc.pid}/cmdline").read_text():
                 self.peak_kib = max(self.peak_kib, int(match.group(1)))
-                if self.helpers:
-                    now = _rss_kib(text) + sum(_rss_kib(_status(pid)) for pid in _pids_with(self.helpers)
-                                                 if pid != self.proc.pid)
+                if self.helpers:  # proportional set sizes: shared library pages counted once
+                    pids = [self.proc.pid, *(pid for pid in _pids_with(self.helpers) if pid != self.proc.pid)]
+                    now = sum(_pss_kib(pid) for pid in pids)
                     self.peak_with_helpers_kib = max(self.peak_with_helpers_kib, now)
             time.sleep(0.005)
 
@@ -90,15 +90,12 @@ class Proc:
         return code, ended, self.peak_kib
 
 
-def _status(pid: int) -> str:
+def _pss_kib(pid: int) -> int:
     try:
-        return Path(f"/proc/{pid}/status").read_text()
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
-        return ""
-
-
-def _rss_kib(status: str) -> int:
-    match = re.search(r"VmRSS:\s+(\d+)", status)
+        return 0
+    match = re.search(r"^Pss:\s+(\d+)", text, re.M)
     return int(match.group(1)) if match else 0
 
 
@@ -298,8 +295,8 @@ def main() -> None:
             row(f"{label}: job end → connector exit", end, base_end, "s", "≤ 2 s (→ pod Succeeded)"),
             row(f"{label}: SIGINT → gone from squeue", cancel, base_cancel, "s", "≤ 1 s"),
             row(f"{label}: peak RSS", rss / 1024, base_rss / 1024, "MiB", "≤ 25 MiB"),
-            *([row(f"{label}: peak RSS with its ssh master", rss_with_ssh / 1024, base_rss / 1024, "MiB",
-                   "(the pod's whole share)")] if client == "openssh" else []),
+            *([row(f"{label}: peak PSS with its ssh processes", rss_with_ssh / 1024, base_rss / 1024,
+                   "MiB", "(the pod's whole share)")] if client == "openssh" else []),
             f"| {label}: slurmctld calls / {PERIOD:g} s period | {calls:.2f} | – | – | |",
             f"| {label}: SSH round trips / {PERIOD:g} s period | {trips:.2f} | – | – | |",
         ]
