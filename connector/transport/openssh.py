@@ -23,7 +23,6 @@ from connector.transport.target import SSHTarget
 
 _HOST_KEY_ERRORS = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
                     "No ED25519 host key is known", "host key is known for")
-_READ = 'test -e "$1" || exit 3; tail -c +"$2" -- "$1" | head -c "$3"'
 # For each (path, offset, limit): a header line, "-" for a missing file or the byte count n,
 # then exactly n bytes. n is taken from the size first; the files only grow, so n are there.
 _READ_MANY = """while [ $# -ge 3 ]; do
@@ -36,7 +35,6 @@ _READ_MANY = """while [ $# -ge 3 ]; do
   shift 3
 done"""
 _WRITE = 'umask 077; cat > "$1" && chmod "$2" -- "$1"'
-_MISSING = 3
 _SOCKET_PATH_MAX = 104  # sun_path, less its terminating NUL, on the strictest systems
 
 
@@ -132,12 +130,7 @@ class OpenSSHTransport(Transport):
         return CommandResult(code, out.decode("utf-8", "replace"), err)
 
     def read_from(self, path: str, offset: int, limit: int = 1 << 20) -> bytes | None:
-        code, out, err = self._ssh(["sh", "-c", _READ, "sh", path, str(offset + 1), str(limit)], None, 30)
-        if code == _MISSING:
-            return None
-        if code != 0:
-            raise TransientError(f"reading {path} failed: {err.strip() or code}")
-        return out
+        return self.read_files([(path, offset, limit)])[0]
 
     def _shell(self) -> RemoteShell:
         """The open remote shell the per-tick reads go through (made on first use, and again
