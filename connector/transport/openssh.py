@@ -4,7 +4,8 @@ Same contract as the paramiko transport (strict host-key checking against the pr
 known_hosts only, key re-read at every reconnect), but the SSH protocol and its crypto live in
 the `ssh` processes, not in the connector: the connector stays near 20 MB resident instead of
 ~35 MB with paramiko and cryptography loaded. The default wherever `ssh` is installed
-(`"ssh_client": "auto"`); `"paramiko"` picks the other.
+(`"ssh_client": "auto"`); `"paramiko"` picks the other. Reads (every tick) go through one
+remote shell kept open on the master; other commands and writes are one `ssh` each.
 """
 
 from __future__ import annotations
