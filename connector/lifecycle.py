@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from connector import outcome as outcomes
-from connector.backends.base import LOG_CHUNK, Backend, JobState, JobStatus
+from connector.backends.base import Backend, JobState, JobStatus
 from connector.errors import ConnectorError, TransientError
 from connector.render import JobPaths, render_env_file, render_script, sbatch_identity_args
 from connector.spec import DEFAULT_POLL_INTERVAL, JobSpec
 from connector.staging import stage_in, stage_out
 from connector.state import JobRecord, StateStore
+from connector.transport.base import READ_LIMIT
 
 log = logging.getLogger("hpc-connector")
 T = TypeVar("T")
@@ -284,7 +285,7 @@ class Connector:
         stream = self.spec.logs == "stream"
         chunk, marker = self.backend.progress(self.paths, self._read_offset() if stream else None, want_marker)
         printed = self._take(chunk)
-        if len(chunk) >= LOG_CHUNK:  # more is waiting than one read brings
+        if len(chunk) >= READ_LIMIT:  # more is waiting than one read brings
             printed += self._pump_logs()
         return printed, marker
 
@@ -310,7 +311,7 @@ class Connector:
         while True:
             chunk = self.backend.logs(self.paths, self._read_offset())
             read += self._take(chunk)
-            if len(chunk) < LOG_CHUNK:
+            if len(chunk) < READ_LIMIT:
                 break
         if final and self.partial:
             self._emit(self.partial + b"\n", consumed=len(self.partial))

@@ -14,9 +14,7 @@ from typing import ClassVar
 
 from connector.profile import Profile
 from connector.render import JobPaths
-from connector.transport.base import Transport
-
-LOG_CHUNK = 1 << 20  # the most output read in one request
+from connector.transport.base import READ_LIMIT, Transport
 
 
 class JobState(enum.Enum):
@@ -88,7 +86,7 @@ class Backend(ABC):
     def find(self, job_name: str) -> str | None:
         """The id of a job with this name (it carries the pod UID), if any is known."""
 
-    def logs(self, paths: JobPaths, offset: int, limit: int = LOG_CHUNK) -> bytes:
+    def logs(self, paths: JobPaths, offset: int, limit: int = READ_LIMIT) -> bytes:
         """New output since offset (empty when nothing new or not yet created)."""
         return self.transport.read_from(paths.output, offset, limit) or b""
 
@@ -96,7 +94,7 @@ class Backend(ABC):
         """What the connector reads every tick, in one round trip and with no scheduler call:
         new output from offset (None: not wanted) and, when asked, the payload's exit status
         once a rendered script wrote it (a cheap sign that the job is ending)."""
-        reads = [(paths.output, offset, LOG_CHUNK)] if offset is not None else []
+        reads = [(paths.output, offset, READ_LIMIT)] if offset is not None else []
         if marker:
             reads.append((paths.exit_status, 0, 64))
         results = self.transport.read_files(reads) if reads else []

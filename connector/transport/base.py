@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from connector.errors import TransientError
 
 log = logging.getLogger("hpc-connector")
+READ_LIMIT = 1 << 20  # the most bytes one read returns
 
 
 def log_reconnect(where: str, connects: int) -> None:
@@ -46,7 +47,7 @@ class Transport(ABC):
         """Run argv (no shell on our side; over SSH each item is quoted)."""
 
     @abstractmethod
-    def read_from(self, path: str, offset: int, limit: int = 1 << 20) -> bytes | None:
+    def read_from(self, path: str, offset: int, limit: int = READ_LIMIT) -> bytes | None:
         """Bytes of a file from offset (at most limit); None if the file does not exist."""
 
     def read_files(self, reads: list[tuple[str, int, int]]) -> list[bytes | None]:

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 
 from connector.errors import TransientError
-from connector.transport.base import CommandResult, Transport
+from connector.transport.base import READ_LIMIT, CommandResult, Transport
 
 
 class LocalTransport(Transport):
@@ -25,7 +25,7 @@ class LocalTransport(Transport):
             proc.stderr.decode("utf-8", "replace"),
         )
 
-    def read_from(self, path: str, offset: int, limit: int = 1 << 20) -> bytes | None:
+    def read_from(self, path: str, offset: int, limit: int = READ_LIMIT) -> bytes | None:
         try:
             with open(path, "rb") as handle:
                 handle.seek(offset)

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from connector.errors import HostKeyError, ProfileError, TransientError
-from connector.transport.base import CommandResult, Transport, log_reconnect
+from connector.transport.base import READ_LIMIT, CommandResult, Transport, log_reconnect
 from connector.transport.remote_shell import RemoteShell, ShellClosed
 from connector.transport.target import SSHTarget
 
@@ -130,7 +130,7 @@ class OpenSSHTransport(Transport):
         code, out, err = self._ssh(argv, stdin, timeout)
         return CommandResult(code, out.decode("utf-8", "replace"), err)
 
-    def read_from(self, path: str, offset: int, limit: int = 1 << 20) -> bytes | None:
+    def read_from(self, path: str, offset: int, limit: int = READ_LIMIT) -> bytes | None:
         return self.read_files([(path, offset, limit)])[0]
 
     def _shell(self) -> RemoteShell:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from connector.errors import HostKeyError, ProfileError, TransientError
-from connector.transport.base import CommandResult, Transport, log_reconnect
+from connector.transport.base import READ_LIMIT, CommandResult, Transport, log_reconnect
 from connector.transport.target import SSHTarget
 
 # paramiko imports `invoke` only for ssh_config "Match exec", which the connector never uses;
@@ -170,7 +170,7 @@ class SSHTransport(Transport):
 
     # --- files ------------------------------------------------------------------------------
 
-    def read_from(self, path: str, offset: int, limit: int = 1 << 20) -> bytes | None:
+    def read_from(self, path: str, offset: int, limit: int = READ_LIMIT) -> bytes | None:
         def read() -> bytes | None:
             try:
                 with self._sftp_client().open(path, "rb") as handle:
