@@ -83,3 +83,24 @@ def test_openssh_reads_survive_a_dead_remote_shell_and_a_dead_master(testbed_inf
     finally:
         transport.remove(path)
         transport.close()
+
+
+@pytest.mark.parametrize("how", ["killed", "exited"])
+def test_remote_shell_that_died_says_so_once_as_transient(tmp_path, how):
+    """A shell that is gone before a question is asked: the question fails as ShellClosed (a
+    TransientError the life cycle retries), never as a BrokenPipeError, and close() is quiet."""
+    from connector.transport.remote_shell import RemoteShell, ShellClosed
+
+    shell = RemoteShell(["sh"], tmp_path / "stderr")
+    assert shell.ask("echo hello", 10) == (0, b"hello\n")
+    assert shell.ask("false", 10) == (1, b"")
+    if how == "killed":
+        shell.proc.kill()
+    else:
+        shell.proc.stdin.write(b"exit 0\n")
+        shell.proc.stdin.flush()
+    shell.proc.wait()
+    with pytest.raises(ShellClosed):
+        shell.ask("echo again", 10)
+    assert not shell.alive
+    shell.close()

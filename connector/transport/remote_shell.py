@@ -5,6 +5,7 @@ CPU), while a line to an open shell costs neither."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import subprocess
@@ -80,9 +81,11 @@ class RemoteShell:
         raise ShellClosed(why, stderr)
 
     def close(self) -> None:
+        """Never raises: closing stdin flushes what a dead shell did not take (EPIPE)."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
-                stream.close()
+                with contextlib.suppress(OSError):
+                    stream.close()
