@@ -368,16 +368,21 @@ _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 _EMPTY: tuple[Any, ...] = (None, (), [], {}, False)  # dropped from the JSON form
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _plain(value: Any) -> Any:
     """Dataclasses to JSON-able dicts without empty fields, in one pass and without asdict's
-    deep copies (the webhook does this per admission)."""
+    deep copies (the webhook does this per admission; scalars, the most values, go first)."""
     cls = type(value)
-    if hasattr(cls, "__dataclass_fields__"):
-        names = _FIELD_NAMES.get(cls)
-        if names is None:
-            names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(value))
+    if cls in _SCALARS:
+        return value
+    if cls is tuple or cls is list:
+        return [_plain(item) for item in value]
+    names = _FIELD_NAMES.get(cls)
+    if names is None and hasattr(cls, "__dataclass_fields__"):
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(value))
+    if names is not None:
         items = [(name, _plain(getattr(value, name))) for name in names]
     elif isinstance(value, Mapping):
         items = [(key, _plain(item)) for key, item in value.items()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 from typing import Any
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from connector.spec import JobSpec
 from webhook.annotations import JOB_SPEC, PREFIX, STATUS, AdmissionDenied
 from webhook.config import ConfigError, WebhookConfig, load_config
-from webhook.mutation import mutate, parse_quantity, read_job_spec
+from webhook.mutation import copy_json, mutate, parse_quantity, read_job_spec
 
 CONFIG = WebhookConfig()
 
@@ -135,6 +136,27 @@ def test_parse_quantity() -> None:
     assert parse_quantity("100m", "x") * 10 == 1
     assert parse_quantity("1Ki", "x") == 1024
     assert parse_quantity("1.5G", "x") == 1_500_000_000
+    assert parse_quantity(2, "x") == 2 and parse_quantity(" 2 ", "x") == 2  # the cache sees text
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, ["1"], True, None, "-1", "1e999", "x" * 100])
+def test_parse_quantity_refuses_what_is_no_quantity(value: Any) -> None:
+    """Unhashable and boolean values too: the cache must not turn them into a TypeError or 1."""
+    with pytest.raises(AdmissionDenied) as info:
+        parse_quantity(value, "container \"main\": cpu")
+    assert info.value.message.startswith('container "main": cpu: ')
+
+
+def test_copy_json_is_deep_and_makes_yaml_types_json() -> None:
+    """The render path feeds YAML: its dates and integer keys come back as JSON (and kubectl)
+    has them; integers beyond 64 bits, which orjson refuses, are copied exactly."""
+    source = {"a": [{"b": 1}], "when": datetime.date(2024, 1, 2), 7: "seven", "t": ("x",)}
+    copied = copy_json(source)
+    assert copied == {"a": [{"b": 1}], "when": "2024-01-02", "7": "seven", "t": ["x"]}
+    copied["a"][0]["b"] = 2
+    assert source["a"][0]["b"] == 1
+    huge = {"n": [2**70]}
+    assert copy_json(huge) == huge and copy_json(huge)["n"] is not huge["n"]
 
 
 def test_several_containers_need_the_container_annotation() -> None:

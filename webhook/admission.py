@@ -8,10 +8,11 @@ denial too (failurePolicy: Fail would refuse the pod anyway; this way the user s
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from webhook.annotations import PREFIX, AdmissionDenied
 from webhook.config import WebhookConfig
@@ -64,11 +65,9 @@ def handle_review(
 def _handle(body: bytes | str, config: WebhookConfig,
             policy_store: PolicyStore | None) -> ReviewResult:
     try:
-        review = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        review = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:  # nesting deeper than 1024 included
         return _bad_request(f"the body is not JSON: {exc}")
-    except RecursionError:
-        return _bad_request("the body is nested too deeply")
     if not isinstance(review, dict):
         return _bad_request("the body is not a JSON object")
     if review.get("apiVersion") != API_VERSION or review.get("kind") != "AdmissionReview":
@@ -115,7 +114,7 @@ def _handle(body: bytes | str, config: WebhookConfig,
     patch = make_patch(pod, mutated)
     if not patch:
         return _allow(uid)
-    encoded = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+    encoded = base64.b64encode(orjson.dumps(patch)).decode()
     response = {"uid": uid, "allowed": True, "patchType": "JSONPatch", "patch": encoded}
     return ReviewResult(200, _review(response), "mutated")
 

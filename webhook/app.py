@@ -7,11 +7,11 @@ the pod). No path answers 500: the API server must always get a reason it can sh
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 
+import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -27,7 +27,7 @@ NOOP_BODY = b'{"ok":true}'
 
 
 def _json(payload: Any, status: int = 200) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status=status,
+    return Response(orjson.dumps(payload), status=status,
                     mimetype="application/json")
 
 

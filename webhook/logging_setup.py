@@ -6,11 +6,12 @@ secret by passing it as `extra`, and the request log carries identifiers, not co
 
 from __future__ import annotations
 
-import json
 import logging
 import logging.config
 import time
 from typing import Any
+
+import orjson
 
 FIELDS = (
     "uid", "kind", "namespace", "operation", "outcome", "status", "latency_ms", "method",
@@ -36,7 +37,7 @@ class JsonFormatter(logging.Formatter):
                 out[name] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, separators=(",", ":"), default=str)
+        return orjson.dumps(out, default=str).decode()
 
 
 def logconfig_dict(level: str = "info") -> dict[str, Any]:

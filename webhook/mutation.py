@@ -7,13 +7,15 @@ untouched (berglas#264). The exact output is docs/mutation-contract.md.
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import replace
 from fractions import Fraction
 from typing import Any
+
+import orjson
 
 from connector.errors import SpecError
 from connector.render import hpc_image
@@ -46,6 +48,7 @@ DEFAULT_GRACE_SECONDS = 30
 _REMOVED = ("args", "workingDir", "livenessProbe", "readinessProbe", "startupProbe",
             "stdin", "stdinOnce", "tty")
 
+_SPACE = re.compile(r"\s")
 _QUANTITY = re.compile(
     r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:[eE]([+-]?\d{1,2})|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E))?$"
 )
@@ -59,11 +62,20 @@ MIB = 2**20
 
 
 def copy_json(value: Any) -> Any:
-    """A deep copy of JSON-shaped data, several times faster than copy.deepcopy."""
+    """A deep copy of JSON-shaped data: a round trip through orjson (C) is twice as fast as a
+    Python walk. YAML's extra types come back as JSON has them (dates as strings, keys as
+    strings), as `kubectl` sends them; only integers beyond 64 bits take the Python walk."""
+    try:
+        return orjson.loads(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+    except orjson.JSONEncodeError:
+        return _copy_walk(value)
+
+
+def _copy_walk(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: copy_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [copy_json(v) for v in value]
+        return {k: _copy_walk(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy_walk(v) for v in value]
     return value
 
 
@@ -112,7 +124,7 @@ def job_spec_json(job: JobSpec) -> str:
     data = job.to_dict()
     data.pop("pod", None)
     data.pop("env", None)
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def read_job_spec(pod: Mapping[str, Any]) -> JobSpec | None:
@@ -215,16 +227,22 @@ def parse_quantity(value: Any, what: str) -> Fraction:
     """A Kubernetes quantity (`500m`, `1.5`, `1Gi`, `500M`, `1e3`) as an exact number."""
     text = str(value).strip() if isinstance(value, str | int | float) and \
         not isinstance(value, bool) else ""
-    match = _QUANTITY.match(text) if len(text) <= 64 else None
-    if not match:
+    amount = _quantity(text) if len(text) <= 64 else None
+    if amount is None:
         raise AdmissionDenied(f"{what}: {quote(value)} is not a Kubernetes quantity "
                               "(e.g. 500m, 2, 512Mi, 1G)")
-    number, exponent, suffix = match.groups()
-    amount = Fraction(number) * (Fraction(10) ** int(exponent) if exponent else _SUFFIX[suffix
-                                                                                        or ""])
     if amount < 0:
         raise AdmissionDenied(f"{what}: {quote(value)} may not be negative")
     return amount
+
+
+@functools.lru_cache(maxsize=1024)  # the same few quantities recur in every pod
+def _quantity(text: str) -> Fraction | None:
+    match = _QUANTITY.match(text)
+    if not match:
+        return None
+    number, exponent, suffix = match.groups()
+    return Fraction(number) * (Fraction(10) ** int(exponent) if exponent else _SUFFIX[suffix or ""])
 
 
 def _resource_map(resources: Mapping[str, Any], kind: str, name: str) -> dict[str, Any]:
@@ -253,7 +271,7 @@ def _gres_from_limits(requests: Mapping[str, Any], limits: Mapping[str, Any], na
 def _image(value: Any, name: str) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or value.startswith("-") or any(c.isspace() for c in value):
+    if not isinstance(value, str) or value.startswith("-") or _SPACE.search(value):
         raise AdmissionDenied(f"container {quote(name)}: image {quote(value)} is not an image "
                               "name (no spaces, not starting with '-')")
     return value
