@@ -378,7 +378,7 @@ def _plain(value: Any) -> Any:
     if cls in _SCALARS:
         return value
     if cls is tuple or cls is list:
-        return [_plain(item) for item in value]
+        return [item if type(item) in _SCALARS else _plain(item) for item in value]
     names = _FIELD_NAMES.get(cls)
     if names is None and hasattr(cls, "__dataclass_fields__"):
         names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(value))

@@ -40,13 +40,38 @@ def denied(p: dict[str, Any], **kwargs: Any) -> AdmissionDenied:
     return info.value
 
 
-def test_input_is_not_modified_and_result_is_a_copy() -> None:
+def test_input_is_not_modified_and_only_what_changes_is_new() -> None:
+    """Copy on write: the rewritten path is new objects; untouched subtrees are shared."""
     original = pod(env=[{"name": "A", "value": "secret"}])
+    original["spec"]["securityContext"] = {"runAsUser": 1000}
+    original["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    original["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    original["spec"]["containers"].append({"name": "side", "image": "busybox"})
+    original["metadata"]["annotations"][f"{PREFIX}container"] = "main"
     before = copy.deepcopy(original)
     result = mutate(original, "default", CONFIG, None)
     assert original == before
-    result["spec"]["containers"][0]["env"].append({"name": "B"})
-    assert original == before
+    assert result != original
+    for path in ([], ["metadata"], ["metadata", "annotations"], ["spec"], ["spec", "containers"],
+                 ["spec", "containers", 0], ["spec", "containers", 0, "volumeMounts"],
+                 ["spec", "securityContext"], ["spec", "volumes"]):
+        assert _at(result, path) is not _at(original, path), path
+    assert result["spec"]["containers"][1] is original["spec"]["containers"][1]
+    assert result["spec"]["containers"][0]["env"] is original["spec"]["containers"][0]["env"]
+
+
+def test_unannotated_and_injected_pods_come_back_as_deep_copies() -> None:
+    for source in ({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "a"}]}},
+                   mutate(pod(), "default", CONFIG, None)):
+        result = mutate(source, "default", CONFIG, None)
+        assert result == source and result["spec"]["containers"][0] is not \
+            source["spec"]["containers"][0]
+
+
+def _at(value: Any, path: list[Any]) -> Any:
+    for key in path:
+        value = value[key]
+    return value
 
 
 def test_unannotated_pod_is_returned_unchanged() -> None:
@@ -336,11 +361,14 @@ def test_random_annotations_mutate_or_deny_and_are_idempotent(
 ) -> None:
     p = pod({PREFIX + k: v for k, v in annotations.items()}, resources={"requests": requests},
             volumeMounts=[{"name": "d", "mountPath": "/d"}])
+    before = copy.deepcopy(p)
     try:
         once = mutate(p, "default", CONFIG, None)
     except AdmissionDenied as exc:
         assert exc.code == 400 and exc.message
         return
+    finally:
+        assert p == before, "mutate() changed its input"
     assert mutate(once, "default", CONFIG, None) == once
     spec = read_job_spec(once)
     assert spec is not None and spec.container == "main"

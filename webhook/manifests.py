@@ -89,7 +89,7 @@ def mutate_manifest(
     if not isinstance(template, dict):
         return copy_json(obj), []
     try:
-        mutated = mutate(template, namespace, config, policy)
+        mutated = copy_json(mutate(template, namespace, config, policy))  # shares with obj
     except AdmissionDenied as exc:
         raise ManifestDenied(where, exc) from None
     result = copy_json(obj)

@@ -26,9 +26,8 @@ def make_patch(original: Any, mutated: Any, path: str = "") -> list[dict[str, An
         if key not in mutated:
             ops.append({"op": "remove", "path": f"{path}/{_escape(key)}"})
     for key, value in mutated.items():
-        child = f"{path}/{_escape(key)}"
         if key not in original:
-            ops.append({"op": "add", "path": child, "value": value})
+            ops.append({"op": "add", "path": f"{path}/{_escape(key)}", "value": value})
         elif original[key] != value:
-            ops.extend(make_patch(original[key], value, child))
+            ops.extend(make_patch(original[key], value, f"{path}/{_escape(key)}"))
     return ops
