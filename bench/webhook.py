@@ -1,6 +1,6 @@
 """Admission latency and throughput of the real server, against a no-op baseline.
 
-    python bench/webhook.py [--clients N]... [--requests M] [--rounds R] [--workers W]
+    python bench/webhook.py [--clients N]... [--requests M] [--rounds R] [--rate R]...
 
 Starts `hpc-offload serve` (gunicorn, TLS, the same options as production) on a loopback
 port with a fresh certificate and a policy, then drives it with N keep-alive HTTPS clients
@@ -9,7 +9,9 @@ load on /noop (read the body, answer fixed JSON): the difference is the admissio
 Client and server share the machine, so absolute numbers are pessimistic on small hosts.
 Each load runs R rounds of /noop then /mutate on fresh connections (the kernel spreads them
 over the workers differently each time): a row's req/s is the median over rounds, its
-latencies pool all rounds, and the ratio is the median of the rounds' ratios.
+latencies pool all rounds, and the ratio is the median of the rounds' ratios. With --rate,
+paced rows follow ("load" in admissions/s, 4 connections, open loop): latency at a steady
+rate. On a small VM they mostly show its wake-up cost from idle (compare the /noop rows).
 """
 
 from __future__ import annotations
@@ -100,16 +102,23 @@ def review_body() -> bytes:
     }).encode()
 
 
+PACED_CLIENTS = 4
+
+
 def drive(port: int, ca: str, path: str, clients: int, total: int,
-          deadline: float) -> tuple[list[float], float]:
-    """`total` POSTs over `clients` keep-alive connections; (latencies in s, wall seconds)."""
+          deadline: float, rate: float | None = None) -> tuple[list[float], float]:
+    """`total` POSTs over `clients` keep-alive connections; (latencies in s, wall seconds).
+
+    With `rate`, requests are paced to that many per second over all clients (open loop):
+    each latency runs from the request's scheduled time, so a server that falls behind shows
+    its queueing delay instead of slowing the client down (no coordinated omission)."""
     ctx = ssl.create_default_context(cafile=ca)
     bodies = [review_body() for _ in range(32)]
     latencies: list[float] = []
     lock = threading.Lock()
     errors: list[str] = []
 
-    def client(n: int) -> None:
+    def client(index: int, n: int) -> None:
         conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
         mine = []
         try:
@@ -118,6 +127,9 @@ def drive(port: int, ca: str, path: str, clients: int, total: int,
                     break
                 body = bodies[i % len(bodies)]
                 start = time.perf_counter()
+                if rate is not None:
+                    start = began + (i * clients + index) / rate
+                    time.sleep(max(0.0, start - time.perf_counter()))
                 conn.request("POST", path, body, {"Content-Type": "application/json"})
                 resp = conn.getresponse()
                 data = resp.read()
@@ -131,8 +143,9 @@ def drive(port: int, ca: str, path: str, clients: int, total: int,
                 latencies.extend(mine)
 
     shares = [total // clients + (1 if i < total % clients else 0) for i in range(clients)]
-    threads = [threading.Thread(target=client, args=(n,)) for n in shares]
+    threads = [threading.Thread(target=client, args=(i, n)) for i, n in enumerate(shares)]
     start = time.perf_counter()
+    began = start + 0.01  # the first paced request's time
     for t in threads:
         t.start()
     for t in threads:
@@ -157,7 +170,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="per load (median taken)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--time-limit", type=float, default=120.0, help="seconds, overall")
+    parser.add_argument("--rate", type=float, action="append",
+                        help="add paced rows: admissions per second over 4 clients, open loop "
+                        "(repeatable; e.g. 50 and 200, a busy cluster's pod creation rate)")
+    parser.add_argument("--paced-seconds", type=float, default=5.0, help="per paced row")
+    parser.add_argument("--time-limit", type=float, default=180.0, help="seconds, overall")
     args = parser.parse_args()
     loads = args.clients or [1, 4]
     deadline = time.monotonic() + args.time_limit
@@ -178,7 +195,7 @@ def main() -> int:
             print(f"hpc-offload webhook bench: gunicorn {args.workers} workers x "
                   f"{args.threads} threads, TLS, {len(review_body())} B AdmissionReview, "
                   f"{args.rounds} rounds of {args.requests} requests per row")
-            header = f"{'endpoint':<9}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}" \
+            header = f"{'endpoint':<9}{'load':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}" \
                      f"{'max ms':>9}"
             print(header)
             print("-" * len(header))
@@ -198,6 +215,13 @@ def main() -> int:
                           f"{max(lat) * 1e3:>9.2f}")
                 ratios.append((clients, statistics.median(
                     m / n for m, n in zip(rates["/mutate"], rates["/noop"], strict=True))))
+            for rate in args.rate or []:
+                for path in ("/noop", "/mutate"):
+                    lat, wall = drive(server.port, server.ca, path, PACED_CLIENTS,
+                                      max(1, int(rate * args.paced_seconds)), deadline, rate)
+                    print(f"{path:<9}{f'{rate:.0f}/s':>8}{len(lat) / wall:>9.0f}"
+                          f"{pct(lat, 50) * 1e3:>9.2f}{pct(lat, 99) * 1e3:>9.2f}"
+                          f"{max(lat) * 1e3:>9.2f}")
             print()
             for clients, ratio in ratios:
                 print(f"/mutate throughput at {clients} client(s): {ratio:.0%} of /noop "
