@@ -284,3 +284,25 @@ def test_policy_file_is_reloaded(server, policy_file):
         assert admissions(server)["denied"] >= 4
     finally:
         policy_file.write_text(POLICY_ALLOW)
+
+
+def test_files_written_per_request_are_in_memory(server):
+    """gunicorn's heartbeat and the metric files are touched on every request: on this host's
+    disk-backed /tmp they stalled requests, so serve keeps them in /dev/shm."""
+    from webhook.serve_cli import memory_dir
+
+    if memory_dir() is None:
+        pytest.skip("no writable /dev/shm here")
+    post(server, review(job_pod()))  # a worker has written its metric file by now
+    workers = [int(pid) for pid in Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+               .read_text().split()]
+    assert len(workers) == 2
+    heartbeats, metric_files = [], []
+    for pid in workers:
+        targets = [str(link.readlink()) for link in Path(f"/proc/{pid}/fd").iterdir()
+                   if link.is_symlink()]
+        heartbeats += [t for t in targets if "wgunicorn" in t]
+        metric_files += [line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text()
+                         .splitlines() if line.endswith(".db")]
+    assert heartbeats and all(t.startswith("/dev/shm/") for t in heartbeats), heartbeats
+    assert metric_files and all(t.startswith("/dev/shm/") for t in metric_files), metric_files
