@@ -7,9 +7,10 @@ port with a fresh certificate and a policy, then drives it with N keep-alive HTT
 (threads, http.client) sending M admissions of a realistic annotated Job pod, and the same
 load on /noop (read the body, answer fixed JSON): the difference is the admission's own cost.
 Client and server share the machine, so absolute numbers are pessimistic on small hosts.
-Each load runs R rounds of /noop then /mutate on fresh connections (the kernel spreads them
-over the workers differently each time): a row's req/s is the median over rounds, its
-latencies pool all rounds, and the ratio is the median of the rounds' ratios. With --rate,
+Each load opens its N connections once (the kernel spreads them over the workers; both
+endpoints then use the same ones) and alternates short /noop and /mutate phases R times, so
+the host's drift hits both alike: a row's req/s is the median over rounds, its latencies pool
+all rounds, and the ratio is the median of the rounds' ratios. With --rate,
 paced rows follow ("load" in admissions/s, 4 connections, open loop): latency at a steady
 rate. On a small VM they mostly show its wake-up cost from idle (compare the /noop rows).
 """
@@ -105,21 +106,28 @@ def review_body() -> bytes:
 PACED_CLIENTS = 4
 
 
-def drive(port: int, ca: str, path: str, clients: int, total: int,
+def connect(server: LocalServer, clients: int) -> list[http.client.HTTPSConnection]:
+    ctx = ssl.create_default_context(cafile=server.ca)
+    return [http.client.HTTPSConnection("127.0.0.1", server.port, context=ctx, timeout=10)
+            for _ in range(clients)]
+
+
+def drive(conns: list[http.client.HTTPSConnection], path: str, total: int,
           deadline: float, rate: float | None = None) -> tuple[list[float], float]:
-    """`total` POSTs over `clients` keep-alive connections; (latencies in s, wall seconds).
+    """`total` POSTs over the keep-alive connections, one thread each; (latencies in s, wall
+    seconds).
 
     With `rate`, requests are paced to that many per second over all clients (open loop):
     each latency runs from the request's scheduled time, so a server that falls behind shows
     its queueing delay instead of slowing the client down (no coordinated omission)."""
-    ctx = ssl.create_default_context(cafile=ca)
+    clients = len(conns)
     bodies = [review_body() for _ in range(32)]
     latencies: list[float] = []
     lock = threading.Lock()
     errors: list[str] = []
 
     def client(index: int, n: int) -> None:
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+        conn = conns[index]
         mine = []
         try:
             for i in range(n):
@@ -138,7 +146,6 @@ def drive(port: int, ca: str, path: str, clients: int, total: int,
                     errors.append(f"{path}: HTTP {resp.status} {data[:200]!r}")
                     break
         finally:
-            conn.close()
             with lock:
                 latencies.extend(mine)
 
@@ -165,9 +172,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, action="append",
                         help="concurrent clients (repeatable; default 1 and 4)")
-    parser.add_argument("--requests", type=int, default=2000,
+    parser.add_argument("--requests", type=int, default=400,
                         help="per endpoint, load and round")
-    parser.add_argument("--rounds", type=int, default=3, help="per load (median taken)")
+    parser.add_argument("--rounds", type=int, default=15, help="per load (median taken)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--rate", type=float, action="append",
@@ -189,8 +196,11 @@ def main() -> int:
             # Sanity: a real mutation, then warm both paths (imports, caches, TLS sessions).
             check = json.loads(_post(server, "/mutate"))
             assert check["response"]["allowed"] and check["response"].get("patch"), check
+            warm = connect(server, 2)
             for path in ("/noop", "/mutate"):
-                drive(server.port, server.ca, path, 2, 200, deadline)
+                drive(warm, path, 200, deadline)
+            for conn in warm:
+                conn.close()
 
             print(f"hpc-offload webhook bench: gunicorn {args.workers} workers x "
                   f"{args.threads} threads, TLS, {len(review_body())} B AdmissionReview, "
@@ -203,12 +213,15 @@ def main() -> int:
             for clients in loads:
                 rates: dict[str, list[float]] = {"/noop": [], "/mutate": []}
                 pooled: dict[str, list[float]] = {"/noop": [], "/mutate": []}
+                conns = connect(server, clients)  # the same ones for both: a paired comparison
+                drive(conns, "/noop", 20 * clients, deadline)  # TLS handshakes out of the way
                 for _ in range(args.rounds):
                     for path in ("/noop", "/mutate"):
-                        lat, wall = drive(server.port, server.ca, path, clients, args.requests,
-                                          deadline)
+                        lat, wall = drive(conns, path, args.requests, deadline)
                         rates[path].append(len(lat) / wall)
                         pooled[path] += lat
+                for conn in conns:
+                    conn.close()
                 for path, lat in pooled.items():
                     print(f"{path:<9}{clients:>8}{statistics.median(rates[path]):>9.0f}"
                           f"{pct(lat, 50) * 1e3:>9.2f}{pct(lat, 99) * 1e3:>9.2f}"
@@ -217,8 +230,12 @@ def main() -> int:
                     m / n for m, n in zip(rates["/mutate"], rates["/noop"], strict=True))))
             for rate in args.rate or []:
                 for path in ("/noop", "/mutate"):
-                    lat, wall = drive(server.port, server.ca, path, PACED_CLIENTS,
-                                      max(1, int(rate * args.paced_seconds)), deadline, rate)
+                    conns = connect(server, PACED_CLIENTS)
+                    drive(conns, path, 4 * PACED_CLIENTS, deadline)
+                    lat, wall = drive(conns, path, max(1, int(rate * args.paced_seconds)),
+                                      deadline, rate)
+                    for conn in conns:
+                        conn.close()
                     print(f"{path:<9}{f'{rate:.0f}/s':>8}{len(lat) / wall:>9.0f}"
                           f"{pct(lat, 50) * 1e3:>9.2f}{pct(lat, 99) * 1e3:>9.2f}"
                           f"{max(lat) * 1e3:>9.2f}")
