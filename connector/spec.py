@@ -377,7 +377,7 @@ def _plain(value: Any) -> Any:
     cls = type(value)
     if cls in _SCALARS:
         return value
-    if cls is tuple or cls is list:
+    if isinstance(value, list | tuple):
         return [item if type(item) in _SCALARS else _plain(item) for item in value]
     names = _FIELD_NAMES.get(cls)
     if names is None and hasattr(cls, "__dataclass_fields__"):
@@ -386,8 +386,6 @@ def _plain(value: Any) -> Any:
         items = [(name, _plain(getattr(value, name))) for name in names]
     elif isinstance(value, Mapping):
         items = [(key, _plain(item)) for key, item in value.items()]
-    elif isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
     else:
         return value
     return {key: item for key, item in items if item not in _EMPTY}

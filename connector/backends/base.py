@@ -98,8 +98,9 @@ class Backend(ABC):
         if marker:
             reads.append((paths.exit_status, 0, 64))
         results = self.transport.read_files(reads) if reads else []
-        chunk = (results.pop(0) or b"") if offset is not None else b""
-        text = results[0].decode("ascii", "replace").strip() if marker and results[0] else ""
+        chunk = (results[0] or b"") if offset is not None else b""
+        status = results[-1] if marker else None
+        text = status.decode("ascii", "replace").strip() if status else ""
         return chunk, int(text) if text.isdigit() else None
 
     # --- files (staging) --------------------------------------------------------------------
