@@ -67,7 +67,7 @@ def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
     except (TypeError, ValueError):
         raise ProfileError(f"tail_interval {profile.setting('tail_interval')!r} is not seconds") from None
     connector = Connector(spec, backend, StateStore(state_dir), Timing.for_period(period, tail),
-                          sys.stdout.buffer, termination_log)
+                          sys.stdout.buffer, termination_log, err=sys.stderr.buffer)
     connector.install_signal_handlers()
     return connector.run()
 
@@ -122,10 +122,11 @@ def with_profile_defaults(spec: JobSpec, profile: Profile) -> JobSpec:
     data = spec.to_dict()
     if not spec.runtime and profile.setting("runtime"):
         data["runtime"] = str(profile.setting("runtime")).lower()
-    slurm = data.setdefault("slurm", {})
-    for key in ("partition", "account", "qos"):
-        if not slurm.get(key) and profile.setting(key):
-            slurm[key] = str(profile.setting(key))
+    resources = data.setdefault("resources", {})
+    # `partition` is SLURM's word for a queue; profiles in the paper's format use it
+    for key, setting in (("queue", "queue"), ("queue", "partition"), ("account", "account"), ("qos", "qos")):
+        if not resources.get(key) and profile.setting(setting):
+            resources[key] = str(profile.setting(setting))
     return JobSpec.from_dict(data)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -21,9 +22,8 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from connector import outcome as outcomes
-from connector.backends.base import Backend, JobState, JobStatus
-from connector.errors import ConnectorError, TransientError
-from connector.render import JobPaths, render_env_file, render_script, sbatch_identity_args
+from connector.backends.base import Backend, Capability, JobRequest, JobState, JobStatus
+from connector.errors import ConnectorError, SpecError, TransientError
 from connector.spec import DEFAULT_POLL_INTERVAL, JobSpec
 from connector.staging import stage_in, stage_out
 from connector.state import JobRecord, StateStore
@@ -37,6 +37,7 @@ _SYSTEM_ENV = {"PATH", "HOME", "HOSTNAME", "TERM", "PWD", "SHLVL", "LANG", "OLDP
                "GPG_KEY", "PYTHON_VERSION", "PYTHON_SHA256", "PYTHON_PIP_VERSION"}
 _SYSTEM_PREFIXES = ("KUBERNETES_", "HPC_OFFLOAD_", "PYTHON", "LC_", "SSL_", "PIP_")
 _SERVICE_SUFFIXES = ("_SERVICE_HOST", "_SERVICE_PORT", "_PORT")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 CANCEL_TIMEOUT = 60.0
 # One request to the login node a tick (output and end marker read together): at 0.25 s that
@@ -46,7 +47,9 @@ MAX_BACKOFF = 30.0
 
 
 def job_environment(spec: JobSpec, environ: Mapping[str, str]) -> dict[str, str]:
-    """The variables the HPC job gets: the container's env as the kubelet resolved it."""
+    """The variables the HPC job gets: the container's env as the kubelet resolved it. Only
+    names a shell accepts are forwarded (Kubernetes allows `db-password`; bash would print such
+    a line, value included, into the job's output); the others are named once in the log."""
     env: dict[str, str] = {}
     if spec.env_from:
         for name, value in environ.items():
@@ -59,7 +62,11 @@ def job_environment(spec: JobSpec, environ: Mapping[str, str]) -> dict[str, str]
         if name in environ:
             env[name] = environ[name]
     env.update(spec.env)
-    return env
+    skipped = sorted(name for name in env if not _ENV_NAME.fullmatch(name))
+    if skipped:
+        shown = ", ".join(repr(name)[:80] for name in skipped[:10])
+        log.warning("not forwarded to the HPC job (not a shell variable name): %s", shown)
+    return {name: value for name, value in env.items() if _ENV_NAME.fullmatch(name)}
 
 
 @dataclass
@@ -89,22 +96,29 @@ class Connector:
         out: BinaryIO,
         termination_log: str | None = None,
         environ: Mapping[str, str] | None = None,
+        err: BinaryIO | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
         self.state = state
         self.timing = timing
-        self.out = out
+        self.out = out  # the job's stdout goes here (the container's stdout)
+        self.err = err  # the job's stderr goes here (None: into `out`)
         self.termination_log = termination_log
         self.environ = dict(os.environ if environ is None else environ)
         self.record: JobRecord | None = None
-        self.paths: JobPaths | None = None
-        self.partial = b""
+        self.partial = {"stdout": b"", "stderr": b""}
         self.signum: int | None = None
         self._wake = threading.Event()
         self._outage_since: float | None = None
         self._backoff = 1.0
         self.polls = 0
+        caps = backend.capabilities
+        self.logs = spec.logs  # what this backend lets us do of it
+        if self.logs == "stream" and Capability.STREAM_OUTPUT not in caps:
+            self.logs = "end" if Capability.FINAL_OUTPUT in caps else "none"
+        elif self.logs == "end" and not caps & (Capability.STREAM_OUTPUT | Capability.FINAL_OUTPUT):
+            self.logs = "none"
 
     # --- signals ----------------------------------------------------------------------------
 
@@ -132,77 +146,91 @@ class Connector:
             result = outcomes.Outcome(exc.exit_code, exc.reason, exc.message,
                                       self.record.job_id if self.record else None)
         finally:
-            link = self.backend._transport
-            log.debug("stats: scheduler_calls=%d round_trips=%d polls=%d", self.backend.scheduler_calls,
-                      link.round_trips if link else 0, self.polls)
+            stats = " ".join(f"{k}={v}" for k, v in self.backend.stats().items())
+            log.debug("stats: %s polls=%d", stats, self.polls)
             self.backend.close()
         result.write(self.termination_log)
         log.info("exit %d (%s): %s", result.exit_code, result.reason, result.message)
         return outcomes.exit_code_for(result)
 
     def _run(self) -> outcomes.Outcome:
+        if (self.spec.stage_in or self.spec.stage_out) and Capability.FILES not in self.backend.capabilities:
+            raise SpecError(f"stage-in/stage-out: backend {self.backend.type_name} cannot copy files; "
+                            "use a backend with file access (e.g. slurm-ssh) or remove the staging")
         record = self._retry(self._attach_or_submit, "submitting")
         if record is None:  # stopped before anything was submitted
             assert self.signum is not None
             return outcomes.interrupted(self.signum, None, cancelled=False)
         self.record = record
-        self.paths = JobPaths(record.job_dir)
+        if self.spec.logs != self.logs:
+            self._say_where_output_is()
         return self._follow()
+
+    def _say_where_output_is(self) -> None:
+        assert self.record is not None
+        where = self.backend.where(self.record.handle)
+        if self.logs == "end":
+            log.info("backend %s gives a job's output only at its end; it is printed then (%s)",
+                     self.backend.type_name, where)
+        else:
+            log.info("backend %s cannot read a job's output from here; it is at %s on the HPC side",
+                     self.backend.type_name, where)
+
+    def _request(self) -> JobRequest:
+        return JobRequest(self.spec, self._job_dir(), job_environment(self.spec, self.environ))
 
     def _attach_or_submit(self) -> JobRecord | None:
         saved = self.state.load()
         if saved is not None:
             log.info("reattaching to HPC job %s (state file)", saved.job_id)
             return saved
-        job_dir = self._job_dir()
+        request = self._request()
         if self.spec.pod.uid:
-            found = self.backend.find(self.spec.job_name)
+            found = self.backend.find(request)
             if found is not None:
-                log.info("reattaching to HPC job %s (found by name %s)", found, self.spec.job_name)
-                record = JobRecord(found, job_dir, self.backend.type_name)
+                log.info("reattaching to HPC job %s (found by its tag %s)", found.job_id, request.tag)
+                record = JobRecord.of(found, self.backend.type_name)
                 self.state.save(record)
                 return record
         if self.signum is not None:
             return None
-        return self._submit(job_dir)
+        return self._submit(request)
 
     def _job_dir(self) -> str:
         suffix = self.spec.pod.uid or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         return f"{self.backend.workdir()}/hpco-{suffix}"
 
-    def _submit(self, job_dir: str) -> JobRecord:
-        paths = JobPaths(job_dir)
-        env = job_environment(self.spec, self.environ)
-        profile_image = self.backend.profile.setting("image")
-        script = render_script(self.spec, paths, env.keys(), profile_image)
+    def _submit(self, request: JobRequest) -> JobRecord:
         started = time.monotonic()
         if self.spec.stage_in:  # submit makes the job dir itself; staging needs it first
-            self.backend.transport.mkdir(job_dir, 0o700)
-            stage_in(self.backend, self.spec.stage_in, job_dir)
-        job_id = self.backend.submit(
-            script, paths, render_env_file(env), sbatch_identity_args(self.spec, paths)
-        )
-        record = JobRecord(job_id, job_dir, self.backend.type_name)
+            files = self.backend.files()
+            files.mkdir(request.job_dir, 0o700)
+            stage_in(files, self.spec.stage_in, request.job_dir)
+        handle = self.backend.submit(request)
+        record = JobRecord.of(handle, self.backend.type_name)
         self.state.save(record)
-        log.info("submitted HPC job %s (%s, %.2fs) in %s", job_id, self.backend.type_name,
-                 time.monotonic() - started, job_dir)
+        log.info("submitted HPC job %s (%s, %.2fs) in %s", handle.job_id, self.backend.type_name,
+                 time.monotonic() - started, handle.job_dir)
         return record
 
     # --- following --------------------------------------------------------------------------
 
     def _follow(self) -> outcomes.Outcome:
-        assert self.record is not None and self.paths is not None
+        assert self.record is not None
         last_query = 0.0
         last_status: JobStatus | None = None
         imminent_until = 0.0
         payload_exit: int | None = None
+        ticking = Capability.STREAM_OUTPUT in self.backend.capabilities
         while True:
             if self.signum is not None:
                 return self._cancel()
             now = time.monotonic()
             due = now - last_query >= self.timing.period or now < imminent_until
-            want_marker = payload_exit is None and self.spec.script is None
-            printed, marker = self._safe(functools.partial(self._tick, want_marker)) or (0, None)
+            printed, marker = 0, None
+            if ticking:
+                want_marker = payload_exit is None and self.spec.script is None
+                printed, marker = self._safe(functools.partial(self._tick, want_marker)) or (0, None)
             if marker is not None:
                 payload_exit = marker
                 due = True
@@ -216,11 +244,12 @@ class Connector:
                     last_status = status
                     if status.state.ended:
                         return self._finish(status)
-                    if payload_exit is not None and status.raw_state == "COMPLETING":
+                    if payload_exit is not None and status.payload_ended:
                         return self._finish(_completed(status, payload_exit))
             if printed and last_status is not None and last_status.state is JobState.PENDING:
                 last_query = 0.0  # output while we thought it pending: it runs; ask now
-            self._sleep(self.timing.fast if now < imminent_until else self.timing.tick)
+            wait = self.timing.fast if now < imminent_until else self.timing.tick
+            self._sleep(wait if ticking else self.timing.period)
 
     def _report(self, previous: JobStatus | None, status: JobStatus) -> None:
         same_state = previous is not None and previous.state == status.state
@@ -230,21 +259,22 @@ class Connector:
             where = f", position {status.queue_position} in queue" if status.queue_position else ""
             start = f", estimated start {status.start_estimate}" if status.start_estimate else ""
             reason = f" ({status.reason})" if status.reason not in ("", "None") else ""
-            log.info("HPC job %s pending%s%s%s", status.job_id, reason, where, start)
+            again = " again (requeued)" if status.requeued else ""
+            log.info("HPC job %s pending%s%s%s%s", status.job_id, again, reason, where, start)
         elif status.state is JobState.RUNNING:
             on = f" on {status.node}" if status.node else ""
             log.info("HPC job %s running%s", status.job_id, on)
 
     def _finish(self, status: JobStatus) -> outcomes.Outcome:
-        assert self.paths is not None
-        if self.spec.logs == "stream":
+        assert self.record is not None
+        if self.logs == "stream":
             self._retry(lambda: self._pump_logs(final=True), "reading the job output")
-        elif self.spec.logs == "end":
+        elif self.logs == "end":
             self._retry(self._print_all_logs, "reading the job output")
         if self.spec.stage_out:
-            self._retry(lambda: stage_out(self.backend, self.spec.stage_out,
-                                          self.paths.job_dir), "staging out")  # type: ignore[union-attr]
-        self._safe(lambda: self.backend.remove(self.paths.env_file))  # type: ignore[union-attr]
+            self._retry(lambda: stage_out(self.backend.files(), self.spec.stage_out,
+                                          self.record.job_dir), "staging out")  # type: ignore[union-attr]
+        self._safe(lambda: self.backend.cleanup(self.record.handle))  # type: ignore[union-attr]
         return outcomes.outcome_of(status)
 
     def _cancel(self) -> outcomes.Outcome:
@@ -261,9 +291,10 @@ class Connector:
                 status = self.backend.status(job_id)
                 if status.state.ended:
                     log.info("HPC job %s ended %s", job_id, status.raw_state or status.state.value)
-                    if self.spec.logs == "stream":
+                    if self.logs == "stream":
                         self._safe(lambda: self._pump_logs(final=True))
-                    if status.state is not JobState.CANCELLED:
+                    self._safe(lambda: self.backend.cleanup(self.record.handle))  # type: ignore[union-attr]
+                    if status.state not in (JobState.CANCELLED, JobState.UNKNOWN):
                         return outcomes.outcome_of(status)  # it ended on its own meanwhile
                     return outcomes.interrupted(self.signum, job_id, cancelled=True)
             except TransientError as exc:
@@ -273,64 +304,80 @@ class Connector:
             time.sleep(self.timing.fast / 2)
         result = outcomes.interrupted(self.signum, job_id, cancelled=False)
         return outcomes.Outcome(result.exit_code, "CancelTimeout",
-                                f"HPC job {job_id} still queued {CANCEL_TIMEOUT:.0f}s after scancel",
+                                f"HPC job {job_id} still queued {CANCEL_TIMEOUT:.0f}s after the cancel",
                                 job_id, None)
 
     # --- output -----------------------------------------------------------------------------
 
+    def _streams(self) -> tuple[str, ...]:
+        assert self.record is not None
+        return ("stdout", "stderr") if self.record.handle.stderr else ("stdout",)
+
     def _tick(self, want_marker: bool) -> tuple[int, int | None]:
         """One round trip a tick: new output (when streaming) and the end marker (until seen).
         Returns the bytes of output read and the marker."""
-        assert self.paths is not None
-        stream = self.spec.logs == "stream"
-        chunk, marker = self.backend.progress(self.paths, self._read_offset() if stream else None, want_marker)
-        printed = self._take(chunk)
-        if len(chunk) >= READ_LIMIT:  # more is waiting than one read brings
-            printed += self._pump_logs()
-        return printed, marker
-
-    def _read_offset(self) -> int:
         assert self.record is not None
-        return self.record.log_offset + len(self.partial)
+        stream = self.logs == "stream"
+        has_err = "stderr" in self._streams()
+        got = self.backend.progress(self.record.handle,
+                                    self._read_offset("stdout") if stream else None,
+                                    self._read_offset("stderr") if stream and has_err else None,
+                                    want_marker)
+        printed = self._take("stdout", got.stdout) + self._take("stderr", got.stderr)
+        if len(got.stdout) >= READ_LIMIT or len(got.stderr) >= READ_LIMIT:  # more is waiting
+            printed += self._pump_logs()
+        return printed, got.exit_status
 
-    def _take(self, chunk: bytes) -> int:
+    def _read_offset(self, stream: str) -> int:
+        assert self.record is not None
+        done = self.record.log_offset if stream == "stdout" else self.record.err_offset
+        return done + len(self.partial[stream])
+
+    def _take(self, stream: str, chunk: bytes) -> int:
         """Print the complete lines; keep a partial last line until its end arrives."""
         if chunk:
-            self.partial += chunk
-            cut = self.partial.rfind(b"\n") + 1
+            pending = self.partial[stream] + chunk
+            cut = pending.rfind(b"\n") + 1
             if cut:
-                self._emit(self.partial[:cut])
-                self.partial = self.partial[cut:]
+                self._emit(stream, pending[:cut])
+                pending = pending[cut:]
+            self.partial[stream] = pending
         return len(chunk)
 
     def _pump_logs(self, final: bool = False) -> int:
-        """Print complete new lines until none are waiting; the saved offset counts only
+        """Print complete new lines until none are waiting; the saved offsets count only
         complete lines."""
-        assert self.paths is not None
+        assert self.record is not None
         read = 0
-        while True:
-            chunk = self.backend.logs(self.paths, self._read_offset())
-            read += self._take(chunk)
-            if len(chunk) < READ_LIMIT:
-                break
-        if final and self.partial:
-            self._emit(self.partial + b"\n", consumed=len(self.partial))
-            self.partial = b""
+        for stream in self._streams():
+            while True:
+                chunk = self.backend.read_output(self.record.handle, stream, self._read_offset(stream))
+                read += self._take(stream, chunk)
+                if len(chunk) < READ_LIMIT:
+                    break
+            if final and self.partial[stream]:
+                self._emit(stream, self.partial[stream] + b"\n", consumed=len(self.partial[stream]))
+                self.partial[stream] = b""
         return read
 
-    def _emit(self, data: bytes, consumed: int | None = None) -> None:
+    def _emit(self, stream: str, data: bytes, consumed: int | None = None) -> None:
         """The offset is saved before the lines are written: a connector killed in between
         (SIGKILL, OOM) reattaches after them, so no line is ever printed twice."""
         assert self.record is not None
-        self.record.log_offset += len(data) if consumed is None else consumed
+        count = len(data) if consumed is None else consumed
+        if stream == "stdout":
+            self.record.log_offset += count
+        else:
+            self.record.err_offset += count
         self.state.save(self.record)
-        self.out.write(data)
-        self.out.flush()
+        sink = self.out if stream == "stdout" or self.err is None else self.err
+        sink.write(data)
+        sink.flush()
 
     def _print_all_logs(self) -> None:
         assert self.record is not None
-        self.record.log_offset = 0
-        self.partial = b""
+        self.record.log_offset = self.record.err_offset = 0
+        self.partial = {"stdout": b"", "stderr": b""}
         self._pump_logs(final=True)
 
     # --- faults -----------------------------------------------------------------------------
@@ -370,7 +417,7 @@ class Connector:
 
 
 def _completed(status: JobStatus, code: int) -> JobStatus:
-    """A job whose script has exited (its exit status is written) and that SLURM is only
+    """A job whose script has exited (its exit status is written) and that the manager is only
     cleaning up after: its end is known, so the pod need not wait for the epilog."""
     state = JobState.COMPLETED if code == 0 else JobState.FAILED
     return JobStatus(job_id=status.job_id, state=state, raw_state=state.value, reason=status.reason,

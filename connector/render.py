@@ -1,9 +1,11 @@
-"""Batch-script rendering: a job spec becomes the script SLURM runs.
+"""The manager-neutral part of a batch script: the payload a job runs, whatever runs the job.
 
-Every value that reaches a shell goes through `shlex.quote`; `#SBATCH` lines only carry values
-the spec has already restricted to a safe character set. Environment values never appear in
-the script: they travel in a separate 0600 env file that the script sources, so a secret in a
-pod's env cannot leak through `scontrol show job`, `ps` or a saved script.
+A backend adds its own directives (`#SBATCH`, `#$`, …) above these lines
+(`render_batch_script`). Every value that reaches a shell goes through `shlex.quote`.
+Environment values never appear in a script: a backend hands them to its scheduler out of band
+(SLURM: `--export-file` on a file descriptor) or in a 0600 env file that the script sources and
+removes at once, so a secret in a pod's env cannot leak through the scheduler, `ps` or a saved
+script.
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ class JobPaths:
 
     @property
     def output(self) -> str:
+        """The job's stdout (the container's stdout in the pod)."""
         return f"{self.job_dir}/output.log"
+
+    @property
+    def error(self) -> str:
+        """The job's stderr (the container's stderr in the pod)."""
+        return f"{self.job_dir}/error.log"
 
     @property
     def exit_status(self) -> str:
@@ -64,42 +72,6 @@ def hpc_image(spec: JobSpec, profile_image: str | None = None) -> str:
     if runtime in ("podman", "enroot"):
         return image.removeprefix("docker://")
     return image
-
-
-def sbatch_directives(spec: JobSpec) -> list[str]:
-    """The resource options, as `--opt=value` (values already validated as safe)."""
-    slurm = spec.slurm
-    options: list[str] = []
-    for option, value in (
-        ("--partition", slurm.partition),
-        ("--account", slurm.account),
-        ("--qos", slurm.qos),
-        ("--time", slurm.time),
-        ("--nodes", slurm.nodes),
-        ("--ntasks", slurm.ntasks),
-        ("--cpus-per-task", slurm.cpus_per_task),
-        ("--mem", slurm.mem),
-        ("--gres", slurm.gres),
-    ):
-        if value is not None:
-            options.append(f"{option}={value}")
-    options.extend(slurm.extra_args)
-    return options
-
-
-def sbatch_identity_args(spec: JobSpec, paths: JobPaths) -> list[str]:
-    """Options the connector always controls, passed on the command line so they also override
-    a verbatim script's own `#SBATCH` lines: the name carries the pod UID (for reattach) and
-    the output goes where the connector streams it from."""
-    comment = f"hpc-offload:{spec.pod.namespace}/{spec.pod.name}" if spec.pod.name else "hpc-offload"
-    return [
-        f"--job-name={spec.job_name}",
-        f"--comment={comment}",
-        f"--output={paths.output}",
-        f"--error={paths.output}",
-        "--open-mode=append",
-        f"--chdir={paths.job_dir}",
-    ]
 
 
 def runtime_command(spec: JobSpec, env_names: Iterable[str], profile_image: str | None = None) -> list[str]:
@@ -141,27 +113,28 @@ def runtime_command(spec: JobSpec, env_names: Iterable[str], profile_image: str 
     raise SpecError(f"runtime: {runtime!r} has no renderer")
 
 
-def render_script(
+def payload_lines(
     spec: JobSpec,
     paths: JobPaths,
     env_names: Iterable[str] = (),
     profile_image: str | None = None,
-) -> str:
-    """The batch script; a verbatim `script` from the spec is returned as written."""
-    if spec.script is not None:
-        return spec.script
+    env_file: bool = False,
+) -> list[str]:
+    """The script body every manager runs: (source and remove the env file,) run the
+    container's command in its runtime, leave its exit status beside the output."""
     spec.check_runnable()
     runtime = spec.effective_runtime()
-    lines = ["#!/bin/bash"]
-    lines += [f"#SBATCH {option}" for option in sbatch_directives(spec)]
     who = f"{spec.pod.namespace}/{spec.pod.name}" if spec.pod.name else "a local run"
-    lines += [
-        f"# Rendered by hpc-offload for {who}; runtime: {runtime}.",
-        "# Environment values are in the 0600 env file beside this script, never here.",
-        f"if [ -r {shlex.quote(paths.env_file)} ]; then",
-        f"  . {shlex.quote(paths.env_file)}",
-        "fi",
-    ]
+    lines = [f"# Rendered by hpc-offload for {who}; runtime: {runtime}."]
+    if env_file:
+        env = shlex.quote(paths.env_file)
+        lines += [
+            "# Environment values are in the 0600 env file beside this script, never here;",
+            "# it is removed as soon as it is read.",
+            f"if [ -r {env} ]; then . {env}; rm -f -- {env}; fi",
+        ]
+    else:
+        lines.append("# Environment values reach this job from the scheduler, never from this file.")
     if runtime == "charliecloud":
         lines.append('export USER="${USER:-$(id -un)}"  # ch-run refuses to start without it')
     if runtime == "none" and spec.working_dir:
@@ -171,9 +144,20 @@ def render_script(
         "status=$?",
         f"printf '%s\\n' \"$status\" > {shlex.quote(paths.exit_status)}",
         'exit "$status"',
-        "",
     ]
-    return "\n".join(lines)
+    return lines
+
+
+def render_batch_script(directives: Iterable[str], body: Iterable[str]) -> str:
+    """`#!/bin/bash`, the manager's directive lines, then the body."""
+    return "\n".join(["#!/bin/bash", *directives, *body, ""])
+
+
+def env_export_file(env: Mapping[str, str]) -> bytes:
+    """`NAME=value` entries separated by NUL: sbatch's `--export-file` format, which keeps
+    every byte of a value (newlines included) and is never parsed by a shell."""
+    return b"".join(f"{name}={value}".encode("utf-8", "surrogateescape") + b"\0"
+                    for name, value in sorted(env.items()))
 
 
 def render_env_file(env: Mapping[str, str]) -> bytes:

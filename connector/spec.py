@@ -15,57 +15,25 @@ from typing import Any
 
 from connector.errors import SpecError
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 1 named SLURM options (`slurm`); still read
+MAX_COUNT = 10**9  # any count or seconds beyond this is a typo, not a request
 RUNTIMES = ("singularity", "apptainer", "charliecloud", "podman", "enroot", "none")
 LOG_MODES = ("stream", "end", "none")
 DEFAULT_RUNTIME = "singularity"
 DEFAULT_POLL_INTERVAL = 30.0
 MIN_POLL_INTERVAL = 1.0
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-# SLURM --time: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, or UNLIMITED
-_SLURM_TIME = re.compile(
-    r"^(?:\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}(?::\d{1,2}(?::\d{1,2})?)?|UNLIMITED)$"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
+# a time limit as batch systems write it: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, or UNLIMITED
+_TIME = re.compile(
+    r"(?:\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}(?::\d{1,2}(?::\d{1,2})?)?|UNLIMITED)"
 )
-_MEMORY = re.compile(r"^(\d+)([KMGT]?)$")
-_NAME_VALUE = re.compile(r"^[A-Za-z0-9_.,:=@+/-]+$")
-_SBATCH_VALUE = re.compile(r"^[^\s'\"\\]+$")
-_UID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-
-# sbatch options a user may add through `hpc.offload/sbatch-args`. Anything that would change
-# where output goes, who runs the job or what is run (--output, --wrap, --uid, --export…)
-# is the connector's to set and is refused.
-SBATCH_ALLOWED: dict[str, bool] = {  # option -> takes a value
-    "--constraint": True,
-    "--exclusive": False,
-    "--mail-type": True,
-    "--mail-user": True,
-    "--reservation": True,
-    "--licenses": True,
-    "--mem-per-cpu": True,
-    "--mem-per-gpu": True,
-    "--cpus-per-gpu": True,
-    "--gpus-per-node": True,
-    "--gpus-per-task": True,
-    "--ntasks-per-node": True,
-    "--tmp": True,
-    "--hint": True,
-    "--distribution": True,
-    "--threads-per-core": True,
-    "--signal": True,
-    "--begin": True,
-    "--nice": True,
-    "--exclude": True,
-    "--nodelist": True,
-    "--requeue": False,
-    "--no-requeue": False,
-    "--switches": True,
-    "--wckey": True,
-    "--network": True,
-    "--cluster-constraint": True,
-}
-
+_MEMORY = re.compile(r"(\d+)([KMGT]?)")
+_NAME_VALUE = re.compile(r"[A-Za-z0-9_.,:=@+/-]+")
+_SAFE_VALUE = re.compile(r"[^\s'\"\\]+")
+_OPTION = re.compile(r"--[A-Za-z][A-Za-z0-9-]*")
+_UID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 def parse_duration(value: str | float | int, what: str = "poll-interval") -> float:
     """Seconds from `30s`, `5m`, `1h`, `500ms` or a bare number of seconds (the paper's form)."""
@@ -74,7 +42,7 @@ def parse_duration(value: str | float | int, what: str = "poll-interval") -> flo
     if isinstance(value, int | float):
         seconds = float(value)
     else:
-        match = _DURATION.match(str(value))
+        match = _DURATION.fullmatch(str(value))
         if not match:
             raise SpecError(
                 f"{what}: {value!r} is not a duration; use e.g. 30s, 5m, 1h or seconds (10)"
@@ -86,54 +54,51 @@ def parse_duration(value: str | float | int, what: str = "poll-interval") -> flo
     return seconds
 
 
-def check_slurm_time(value: str, what: str = "time") -> str:
-    """A SLURM --time value, as sbatch accepts it."""
-    value = str(value).strip()
-    if not _SLURM_TIME.match(value):
+def parse_time_limit(value: str | int, what: str = "time") -> int:
+    """Seconds in a time limit (minutes `30`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM:SS`, or
+    `UNLIMITED` = 0), the notation of `hpc.offload/time` and of sbatch/qsub users."""
+    text = str(value).strip()
+    if not _TIME.fullmatch(text):
         raise SpecError(
-            f"{what}: {value!r} is not a SLURM time; use minutes (30), MM:SS, HH:MM:SS, "
+            f"{what}: {value!r} is not a time limit; use minutes (30), MM:SS, HH:MM:SS, "
             "D-HH, D-HH:MM:SS or UNLIMITED"
         )
-    return value
-
-
-def seconds_to_slurm_time(seconds: int) -> str:
-    """`activeDeadlineSeconds` as a SLURM time limit, rounded up to whole minutes."""
-    minutes = max(1, -(-int(seconds) // 60))
-    days, rest = divmod(minutes, 24 * 60)
-    hours, mins = divmod(rest, 60)
-    return f"{days}-{hours:02d}:{mins:02d}:00" if days else f"{hours:02d}:{mins:02d}:00"
-
-
-def slurm_time_to_seconds(value: str) -> int | None:
-    """Seconds in a SLURM time value; None for UNLIMITED."""
-    value = check_slurm_time(value)
-    if value == "UNLIMITED":
-        return None
+    if text == "UNLIMITED":
+        return 0
     days = 0
-    if "-" in value:
-        day_part, value = value.split("-", 1)
+    if "-" in text:
+        day_part, text = text.split("-", 1)
         days = int(day_part)
-        parts = [int(p) for p in value.split(":")]
-        parts += [0] * (3 - len(parts))
-        hours, minutes, secs = parts
+        parts = [int(p) for p in text.split(":")] + [0, 0]
+        hours, minutes, secs = parts[:3]
     else:
-        parts = [int(p) for p in value.split(":")]
+        parts = [int(p) for p in text.split(":")]
         if len(parts) == 1:
             hours, minutes, secs = 0, parts[0], 0
         elif len(parts) == 2:
             hours, minutes, secs = 0, parts[0], parts[1]
         else:
             hours, minutes, secs = parts
-    return ((days * 24 + hours) * 60 + minutes) * 60 + secs
+    seconds = ((days * 24 + hours) * 60 + minutes) * 60 + secs
+    if seconds > MAX_COUNT:
+        raise SpecError(f"{what}: {value!r} is longer than any scheduler accepts")
+    return seconds
 
 
-def check_memory(value: str, what: str = "mem") -> str:
-    """A SLURM memory size (`2048`, `512M`, `4G`)."""
-    value = str(value).strip().upper()
-    if not _MEMORY.match(value):
-        raise SpecError(f"{what}: {value!r} is not a SLURM memory size; use e.g. 512M or 4G")
-    return value
+def check_time_limit(value: str, what: str = "time") -> str:
+    """A time limit's text, checked (as `parse_time_limit` reads it)."""
+    parse_time_limit(value, what)
+    return str(value).strip()
+
+
+def parse_memory_mb(value: str, what: str = "mem") -> int:
+    """A memory size (`2048` MiB, `512M`, `4G`) as MiB, rounded up."""
+    match = _MEMORY.fullmatch(str(value).strip().upper())
+    if not match:
+        raise SpecError(f"{what}: {value!r} is not a memory size; use e.g. 512M or 4G")
+    number, unit = int(match.group(1)), match.group(2)
+    kib = number * {"K": 1, "": 1024, "M": 1024, "G": 1024**2, "T": 1024**3}[unit]
+    return max(1, -(-kib // 1024))
 
 
 def check_positive_int(value: Any, what: str) -> int:
@@ -149,31 +114,26 @@ def check_positive_int(value: Any, what: str) -> int:
 def check_name(value: Any, what: str) -> str:
     """A partition, account or QOS name: letters, digits and `_.,:=@+/-` only."""
     text = str(value).strip()
-    if not text or not _NAME_VALUE.match(text):
+    if not text or not _NAME_VALUE.fullmatch(text):
         raise SpecError(
             f"{what}: {value!r} is not a valid name; use letters, digits and _ . , : = @ + / -"
         )
     return text
 
 
-def parse_sbatch_args(value: str | Sequence[str], what: str = "sbatch-args") -> list[str]:
-    """Extra `--opt=value` flags, each checked against SBATCH_ALLOWED."""
+def parse_extra_args(value: str | Sequence[str], what: str = "extra_args") -> list[str]:
+    """Extra scheduler flags, checked for shape only (`--opt` or `--opt=value`, no spaces,
+    quotes or backslashes); each backend checks them against its own allow-list."""
     items = value.split() if isinstance(value, str) else list(value)
     result: list[str] = []
     for item in items:
-        option, eq, arg = str(item).partition("=")
-        if option not in SBATCH_ALLOWED:
-            allowed = ", ".join(sorted(SBATCH_ALLOWED))
-            raise SpecError(f"{what}: {option!r} is not allowed; allowed options: {allowed}")
-        if SBATCH_ALLOWED[option] and not (eq and arg):
-            raise SpecError(f"{what}: {option} needs a value, as {option}=VALUE")
-        if not SBATCH_ALLOWED[option] and eq:
-            raise SpecError(f"{what}: {option} takes no value")
-        if arg and not _SBATCH_VALUE.match(arg):
-            raise SpecError(
-                f"{what}: the value of {option} may not contain spaces, quotes or backslashes"
-            )
-        result.append(str(item))
+        text = str(item)
+        option, eq, arg = text.partition("=")
+        if not _OPTION.fullmatch(option) or (eq and not arg):
+            raise SpecError(f"{what}: {text!r} is not an option of the form --name or --name=VALUE")
+        if arg and not _SAFE_VALUE.fullmatch(arg):
+            raise SpecError(f"{what}: the value of {option} may not contain spaces, quotes or backslashes")
+        result.append(text)
     return result
 
 
@@ -218,16 +178,21 @@ class PodRef:
 
 
 @dataclass(frozen=True)
-class SlurmOptions:
-    partition: str | None = None
-    account: str | None = None
+class Resources:
+    """What the job asks of the scheduler, in no manager's words: each backend maps these to
+    its own directives (SLURM `--partition`, Grid Engine `-q`, …) and checks `extra_args`
+    against its own allow-list."""
+
+    queue: str | None = None  # SLURM partition, Grid Engine queue
+    account: str | None = None  # SLURM account, Grid Engine project
     qos: str | None = None
-    time: str | None = None
+    time_limit: int | None = None  # seconds; 0 = explicitly unlimited
     nodes: int | None = None
-    ntasks: int | None = None
+    tasks: int | None = None
     cpus_per_task: int | None = None
-    mem: str | None = None
-    gres: str | None = None
+    memory_mb: int | None = None  # per node
+    gpus: int | None = None  # per node
+    gpu_type: str | None = None
     extra_args: tuple[str, ...] = ()
 
 
@@ -244,7 +209,7 @@ class JobSpec:
     env_from: bool = False
     working_dir: str | None = None
     runtime: str | None = None  # None: the profile's runtime, else DEFAULT_RUNTIME
-    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    resources: Resources = field(default_factory=Resources)
     logs: str = "stream"
     poll_interval: float | None = None
     stage_in: tuple[StagePair, ...] = ()
@@ -267,7 +232,7 @@ class JobSpec:
         if self.script is not None and not self.script.strip():
             raise SpecError("script: is empty")
         for name in list(self.env) + list(self.env_passthrough):
-            if not _ENV_NAME.match(name):
+            if not _ENV_NAME.fullmatch(name):
                 raise SpecError(f"env: {name!r} is not a valid environment variable name")
         for name, value in self.env.items():
             if not isinstance(value, str) or "\x00" in value:
@@ -277,17 +242,24 @@ class JobSpec:
                 raise SpecError("command/args: every item must be text without NUL bytes")
         if self.poll_interval is not None and self.poll_interval < MIN_POLL_INTERVAL:
             raise SpecError(f"poll_interval: {self.poll_interval} is below {MIN_POLL_INTERVAL:g}s")
-        if self.pod.uid and not _UID.match(self.pod.uid):
+        if self.pod.uid and not _UID.fullmatch(self.pod.uid):
             raise SpecError(f"pod.uid: {self.pod.uid!r} is not a Kubernetes UID")
-        if self.slurm.time is not None:
-            check_slurm_time(self.slurm.time)
-        if self.slurm.mem is not None:
-            check_memory(self.slurm.mem)
-        for name in ("partition", "account", "qos", "gres"):
-            value = getattr(self.slurm, name)
-            if value is not None:
-                check_name(value, name)
-        parse_sbatch_args(list(self.slurm.extra_args))
+        res = self.resources
+        for name in ("queue", "account", "qos", "gpu_type"):
+            value = getattr(res, name)
+            if value is not None and check_name(value, name) != value:
+                raise SpecError(f"{name}: {value!r} is not a valid name (surrounding spaces)")
+        for name in ("nodes", "tasks", "cpus_per_task", "memory_mb", "gpus"):
+            value = getattr(res, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 0 < value <= MAX_COUNT):
+                raise SpecError(f"{name}: {value!r} must be a whole number from 1 to {MAX_COUNT}")
+        if res.time_limit is not None and (isinstance(res.time_limit, bool)
+                                           or not isinstance(res.time_limit, int)
+                                           or not 0 <= res.time_limit <= MAX_COUNT):
+            raise SpecError(f"time_limit: {res.time_limit!r} must be seconds from 0 (unlimited) "
+                            f"to {MAX_COUNT}")
+        parse_extra_args(list(res.extra_args))
 
     # --- (de)serialisation ------------------------------------------------------------------
 
@@ -304,8 +276,12 @@ class JobSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
         if not isinstance(data, Mapping):
             raise SpecError("the job spec must be a JSON object")
-        _reject_unknown(data, cls, "unknown job spec field(s)")
         values: dict[str, Any] = dict(data)
+        if values.get("version", 1) == 1 and "slurm" in values:  # pods admitted before an upgrade
+            values["resources"] = values.pop("slurm")
+            values["version"] = SPEC_VERSION
+            values["resources"] = _resources_from_v1(values["resources"])
+        _reject_unknown(values, cls, "unknown job spec field(s)")
         try:
             for key in ("command", "args", "env_passthrough"):
                 if key in values:
@@ -315,8 +291,8 @@ class JobSpec:
                 if not isinstance(env, Mapping):
                     raise SpecError("env: must be an object of NAME: value")
                 values["env"] = {str(k): v for k, v in env.items()}  # type: ignore[assignment]
-            if "slurm" in values:
-                values["slurm"] = _slurm_from_dict(values["slurm"])
+            if "resources" in values and not isinstance(values["resources"], Resources):
+                values["resources"] = _resources_from_dict(values["resources"])
             if "pod" in values:
                 pod = values["pod"]
                 if not isinstance(pod, Mapping):
@@ -360,7 +336,7 @@ class JobSpec:
 
     @property
     def job_name(self) -> str:
-        """The SLURM job name: carries the pod UID so a restarted connector finds its job."""
+        """The job's name (or tag): carries the pod UID so a restarted connector finds its job."""
         return f"hpco-{self.pod.uid}" if self.pod.uid else "hpco-job"
 
 
@@ -404,15 +380,35 @@ def _reject_unknown(data: Mapping[str, Any], model: type, message: str) -> None:
         raise SpecError(f"{message}: {', '.join(map(str, unknown))}")
 
 
-def _slurm_from_dict(value: Any) -> SlurmOptions:
+def _resources_from_dict(value: Any) -> Resources:
+    if not isinstance(value, Mapping):
+        raise SpecError("resources: must be an object")
+    _reject_unknown(value, Resources, "resources: unknown option(s)")
+    options: dict[str, Any] = dict(value)
+    if "extra_args" in options:
+        options["extra_args"] = tuple(parse_extra_args(_string_list(options["extra_args"], "extra_args")))
+    return Resources(**options)
+
+
+def _resources_from_v1(value: Any) -> Resources:
+    """Spec version 1 named SLURM's options (`slurm`: partition, time "H:M:S", mem "512M",
+    gres "gpu:a100:2"); read them into the neutral form."""
     if not isinstance(value, Mapping):
         raise SpecError("slurm: must be an object")
-    _reject_unknown(value, SlurmOptions, "slurm: unknown option(s)")
-    options: dict[str, Any] = dict(value)
-    for key in ("nodes", "ntasks", "cpus_per_task"):
-        if options.get(key) is not None:
-            options[key] = check_positive_int(options[key], key)
-    if "extra_args" in options:
-        options["extra_args"] = tuple(parse_sbatch_args(_string_list(options["extra_args"],
-                                                                     "extra_args")))
-    return SlurmOptions(**options)
+    old = dict(value)
+    gres = str(old.get("gres") or "")
+    kind, count = None, None
+    if gres:
+        parts = gres.split(":")
+        count = check_positive_int(parts[-1], "gres") if len(parts) > 1 else 1
+        kind = parts[1] if len(parts) == 3 else None
+    time = old.get("time")
+    memory = old.get("mem")
+    return _resources_from_dict({
+        "queue": old.get("partition"), "account": old.get("account"), "qos": old.get("qos"),
+        "time_limit": None if time is None else parse_time_limit(str(time)),
+        "nodes": old.get("nodes"), "tasks": old.get("ntasks"),
+        "cpus_per_task": old.get("cpus_per_task"),
+        "memory_mb": parse_memory_mb(str(memory)) if memory else None,
+        "gpus": count, "gpu_type": kind, "extra_args": old.get("extra_args") or (),
+    })

@@ -1,13 +1,15 @@
-"""The connector's memory across restarts: which job it submitted and how much output it
-printed. Kept in the pod's emptyDir, which survives a container restart, so a restarted
+"""The connector's memory across restarts: which job it submitted and how much of its output
+it printed. Kept in the pod's emptyDir, which survives a container restart, so a restarted
 connector reattaches instead of submitting twice and never prints a line twice."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from connector.backends.base import JobHandle
 
 
 @dataclass
@@ -15,7 +17,20 @@ class JobRecord:
     job_id: str
     job_dir: str
     backend: str
-    log_offset: int = 0
+    log_offset: int = 0  # bytes of the job's stdout printed
+    err_offset: int = 0  # bytes of the job's stderr printed
+    stdout: str = ""  # where the job's stdout goes on the HPC side ("" : the rendered default)
+    stderr: str | None = ""  # where its stderr goes; None: into stdout's file
+
+    @classmethod
+    def of(cls, handle: JobHandle, backend: str) -> JobRecord:
+        return cls(handle.job_id, handle.job_dir, backend, stdout=handle.stdout, stderr=handle.stderr)
+
+    @property
+    def handle(self) -> JobHandle:
+        rendered = JobHandle.rendered(self.job_id, self.job_dir)
+        return JobHandle(self.job_id, self.job_dir, self.stdout or rendered.stdout,
+                         rendered.stderr if self.stderr == "" else self.stderr)
 
 
 class StateStore:
@@ -27,9 +42,10 @@ class StateStore:
             return None
         try:
             data = json.loads(self.path.read_text())
-            return JobRecord(**data)
+            known = {f.name for f in fields(JobRecord)}
+            return JobRecord(**{k: v for k, v in data.items() if k in known})
         except (ValueError, TypeError):
-            return None  # a torn write: fall back to finding the job by name
+            return None  # a torn write: fall back to finding the job by its tag
 
     def save(self, record: JobRecord) -> None:
         """Atomic replace, so a SIGKILL mid-write leaves the previous record."""

@@ -37,7 +37,7 @@ def deny(extra: dict[str, object]) -> AdmissionDenied:
         ("partition", "gpu queue", "hpc.offload/partition: 'gpu queue' is not a valid name"),
         ("account", "acc$(id)", "hpc.offload/account: 'acc$(id)' is not a valid name"),
         ("qos", "", "hpc.offload/qos: '' is not a valid name"),
-        ("time", "2 hours", "hpc.offload/time: '2 hours' is not a SLURM time; use minutes"),
+        ("time", "2 hours", "hpc.offload/time: '2 hours' is not a time limit; use minutes"),
         ("nodes", "two", "hpc.offload/nodes: 'two' is not a whole number"),
         ("nodes", "0", "hpc.offload/nodes: '0' must be 1 or more"),
         ("ntasks", "-4", "hpc.offload/ntasks: '-4' must be 1 or more"),

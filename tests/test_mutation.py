@@ -107,36 +107,36 @@ def test_job_spec_has_no_pod_and_no_env_values() -> None:
         ({"requests": {"cpu": "1500m"}, "limits": {"cpu": "4"}}, {"cpus_per_task": 2}),
         ({"limits": {"cpu": "2.5"}}, {"cpus_per_task": 3}),
         ({"requests": {"cpu": 3}}, {"cpus_per_task": 3}),
-        ({"requests": {"memory": "1Gi"}}, {"mem": "1024M"}),
-        ({"requests": {"memory": "500M"}}, {"mem": "477M"}),
-        ({"requests": {"memory": "1e9"}}, {"mem": "954M"}),
-        ({"requests": {"memory": "1"}}, {"mem": "1M"}),
-        ({"limits": {"memory": "2Gi"}}, {"mem": "2048M"}),
-        ({"requests": {"memory": "1Gi"}, "limits": {"memory": "2Gi"}}, {"mem": "1024M"}),
-        ({"limits": {"nvidia.com/gpu": "2"}}, {"gres": "gpu:2"}),
-        ({"limits": {"amd.com/gpu": 1}}, {"gres": "gpu:1"}),
+        ({"requests": {"memory": "1Gi"}}, {"memory_mb": 1024}),
+        ({"requests": {"memory": "500M"}}, {"memory_mb": 477}),
+        ({"requests": {"memory": "1e9"}}, {"memory_mb": 954}),
+        ({"requests": {"memory": "1"}}, {"memory_mb": 1}),
+        ({"limits": {"memory": "2Gi"}}, {"memory_mb": 2048}),
+        ({"requests": {"memory": "1Gi"}, "limits": {"memory": "2Gi"}}, {"memory_mb": 1024}),
+        ({"limits": {"nvidia.com/gpu": "2"}}, {"gpus": 2}),
+        ({"limits": {"amd.com/gpu": 1}}, {"gpus": 1}),
         ({"requests": {"cpu": "0"}}, {}),
     ],
 )
 def test_resource_mapping(resources: dict[str, Any], expected: dict[str, Any]) -> None:
     result = mutate(pod(resources=resources), "default", CONFIG, None)
-    assert spec_of(result).get("slurm", {}) == expected
+    assert spec_of(result).get("resources", {}) == expected
     assert result["spec"]["containers"][0]["resources"] == dict(CONFIG.connector_resources)
 
 
 def test_gpu_resource_names_are_configurable() -> None:
     config = WebhookConfig(gpu_resource_names=("example.com/tpu",))
     resources = {"limits": {"example.com/tpu": "4", "nvidia.com/gpu": "1"}}
-    assert spec_of(mutate(pod(resources=resources), "d", config, None))["slurm"] == {
-        "gres": "gpu:4"}
+    assert spec_of(mutate(pod(resources=resources), "d", config, None))["resources"] == {
+        "gpus": 4}
 
 
 def test_active_deadline_maps_to_time_unless_annotated() -> None:
     p = pod()
     p["spec"]["activeDeadlineSeconds"] = 61
-    assert spec_of(mutate(p, "d", CONFIG, None))["slurm"]["time"] == "00:02:00"
+    assert spec_of(mutate(p, "d", CONFIG, None))["resources"]["time_limit"] == 120
     p["metadata"]["annotations"][f"{PREFIX}time"] = "5"
-    assert spec_of(mutate(p, "d", CONFIG, None))["slurm"]["time"] == "5"
+    assert spec_of(mutate(p, "d", CONFIG, None))["resources"]["time_limit"] == 300
 
 
 @pytest.mark.parametrize("value", ["0", "soon", True, -5])

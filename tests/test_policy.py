@@ -63,15 +63,15 @@ def violation(p: dict[str, Any], namespace: str = "research-x", policy: str = PO
 
 def test_defaults_apply_when_the_pod_does_not_say() -> None:
     spec = run(pod())
-    assert spec["slurm"] == {"partition": "plgrid", "account": "plgresearch", "qos": "normal",
-                             "time": "04:00:00"}
+    assert spec["resources"] == {"queue": "plgrid", "account": "plgresearch", "qos": "normal",
+                                 "time_limit": 4 * 3600}
     assert spec["runtime"] == "apptainer"
     assert spec["hpc_image"] == "docker://registry.example.org/app:1"  # pinned
 
 
 def test_the_pod_wins_over_defaults() -> None:
     spec = run(pod(partition="gpu", account="a", qos="q", time="10", runtime="singularity"))
-    assert spec["slurm"] == {"partition": "gpu", "account": "a", "qos": "q", "time": "10"}
+    assert spec["resources"] == {"queue": "gpu", "account": "a", "qos": "q", "time_limit": 600}
     assert spec["runtime"] == "singularity"
 
 
@@ -143,7 +143,7 @@ def test_unmatched_allow_and_rule_without_limits() -> None:
     spec = run(pod(runtime="podman"), namespace="default", policy=POLICY + "unmatched: allow\n")
     assert spec["runtime"] == "podman"
     spec = run(pod(runtime="none", script="#!/bin/sh\ntrue\n"), namespace="sandbox")
-    assert "slurm" not in spec
+    assert "resources" not in spec
 
 
 def test_first_matching_rule_wins() -> None:
@@ -156,7 +156,7 @@ def test_first_matching_rule_wins() -> None:
 def test_runtime_and_time_are_pinned_without_defaults() -> None:
     policy = "rules:\n- name: r\n  runtimes: [charliecloud]\n  maxTime: '60'\n"
     spec = run(pod(), namespace="any", policy=policy)
-    assert spec["runtime"] == "charliecloud" and spec["slurm"]["time"] == "60"
+    assert spec["runtime"] == "charliecloud" and spec["resources"]["time_limit"] == 3600
 
 
 @pytest.mark.parametrize(
@@ -166,7 +166,7 @@ def test_runtime_and_time_are_pinned_without_defaults() -> None:
         ("rules: [{name: a, bogus: 1}]", "unknown key 'bogus'"),
         ("rules: [{name: a, runtimes: [docker]}]", "runtime 'docker' is not one of"),
         ("rules: [{name: a, maxTime: 2:00:00}]", "must be a quoted SLURM time"),
-        ("rules: [{name: a, maxTime: 'soon'}]", "is not a SLURM time"),
+        ("rules: [{name: a, maxTime: 'soon'}]", "is not a time limit"),
         ("rules: [{name: a, maxGpus: many}]", "is not a whole number"),
         ("rules: [{name: a, allowScripts: 'no'}]", "must be true or false"),
         ("rules: [{name: a, defaults: {partition: 'a b'}}]", "is not a valid name"),

@@ -1,5 +1,6 @@
-"""Golden batch scripts, one per runtime: what a site admin reviews before allowing a runtime.
-Regenerate with UPDATE_GOLDEN=1 after an intended change and read the diff."""
+"""Golden batch scripts, one per runtime, as the SLURM backend renders them: what a site admin
+reviews before allowing a runtime. Regenerate with UPDATE_GOLDEN=1 after an intended change
+and read the diff."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from connector.render import JobPaths, render_env_file, render_script
+from connector.backends.base import JobRequest
+from connector.backends.slurm_ssh import SlurmSSHBackend
+from connector.profile import Profile
+from connector.render import JobPaths, env_export_file, render_env_file
 from connector.spec import JobSpec
 
 GOLDEN = Path(__file__).parent / "golden" / "scripts"
@@ -32,16 +36,21 @@ CASES = {
                "env_passthrough": ["TOKEN", "MODE"], "working_dir": "/srv"},
     "enroot": {"runtime": "enroot", "image": "nvcr.io/nvidia/pytorch:24.01-py3",
                "command": ["python", "train.py"], "env_passthrough": ["WANDB_KEY"],
-               "slurm": {"gres": "gpu:2", "cpus_per_task": 8, "mem": "32768M"}},
+               "resources": {"gpus": 2, "cpus_per_task": 8, "memory_mb": 32768}},
     "none": {"runtime": "none", "command": ["bash", "-c", "echo $(hostname) `date`; exit 3"],
              "working_dir": "/scratch/alice"},
     "resources": {"runtime": "singularity", "image": "python:3.11",
                   "command": ["python3", "-V"],
-                  "slurm": {"partition": "gpu", "account": "proj-42", "qos": "normal",
-                            "time": "02:00:00", "nodes": 2, "ntasks": 4, "cpus_per_task": 2,
-                            "mem": "4096M", "gres": "gpu:1",
-                            "extra_args": ["--constraint=a100", "--exclusive"]}},
+                  "resources": {"queue": "gpu", "account": "proj-42", "qos": "normal",
+                                "time_limit": 7200, "nodes": 2, "tasks": 4, "cpus_per_task": 2,
+                                "memory_mb": 4096, "gpus": 1,
+                                "extra_args": ["--constraint=a100", "--exclusive"]}},
 }
+
+
+def render_script(spec: JobSpec, paths: JobPaths, env_names=()) -> str:
+    backend = SlurmSSHBackend(Profile(backend="slurm-ssh"))
+    return backend.render(JobRequest(spec, paths.job_dir, dict.fromkeys(env_names, "")))
 
 
 def _render(name: str) -> str:
@@ -81,3 +90,11 @@ def test_env_file_keeps_every_byte(tmp_path):
 def test_env_values_never_reach_the_script():
     spec = JobSpec.from_dict({**CASES["podman"], "env": {"TOKEN": "hunter2"}, "pod": POD})
     assert "hunter2" not in render_script(spec, PATHS, env_names=["TOKEN"])
+
+
+def test_export_file_keeps_every_byte():
+    """sbatch's --export-file format: NAME=value entries, NUL-separated; no shell parses it."""
+    env = {"A": "it's \"quoted\" $(rm -rf /) `id`\nline2 ünï ✓", "B": ""}
+    entries = env_export_file(env).split(b"\0")
+    assert entries[-1] == b""
+    assert dict(e.decode().split("=", 1) for e in entries[:-1]) == env

@@ -5,19 +5,14 @@ from __future__ import annotations
 import pytest
 
 from connector.errors import SpecError
-from connector.spec import (
-    JobSpec,
-    parse_duration,
-    parse_sbatch_args,
-    seconds_to_slurm_time,
-    slurm_time_to_seconds,
-)
+from connector.backends.slurm_options import format_time, parse_sbatch_args, sbatch_options
+from connector.spec import JobSpec, Resources, parse_duration, parse_memory_mb, parse_time_limit
 
 BASE = {"image": "python:3.11", "command": ["python3", "-V"]}
 
 
 def test_round_trip():
-    spec = JobSpec.from_dict({**BASE, "slurm": {"partition": "debug", "time": "10"},
+    spec = JobSpec.from_dict({**BASE, "resources": {"queue": "debug", "time_limit": 600},
                               "stage_in": "/data/in:in", "poll_interval": "5s"})
     assert JobSpec.from_json(spec.to_json()) == spec
     assert spec.poll_interval == 5.0
@@ -32,23 +27,25 @@ def test_round_trip():
         ({"env_passthrough": ["A-B"]}, "env: 'A-B'"),
         ({"env": {"A": "x\x00y"}}, "without NUL"),
         ({"command": "python3"}, "command: must be a list of strings"),
-        ({"slurm": {"time": "ten minutes"}}, "time: 'ten minutes' is not a SLURM time"),
-        ({"slurm": {"mem": "lots"}}, "mem: 'LOTS' is not a SLURM memory size"),
-        ({"slurm": {"nodes": 0}}, "nodes: 0 must be 1 or more"),
-        ({"slurm": {"ntasks": "x"}}, "ntasks: 'x' is not a whole number"),
-        ({"slurm": {"partition": "a b"}}, "partition: 'a b' is not a valid name"),
-        ({"slurm": {"color": "red"}}, "slurm: unknown option(s): color"),
-        ({"slurm": {"extra_args": ["--output=/etc/passwd"]}}, "'--output' is not allowed"),
-        ({"slurm": {"extra_args": ["--constraint"]}}, "--constraint needs a value"),
-        ({"slurm": {"extra_args": ["--exclusive=yes"]}}, "--exclusive takes no value"),
-        ({"slurm": {"extra_args": ["--constraint=a b"]}}, "may not contain spaces"),
+        # version 1 specs (SLURM's words) are still read, and still checked
+        ({"slurm": {"time": "ten minutes"}}, "time: 'ten minutes' is not a time limit"),
+        ({"slurm": {"mem": "lots"}}, "mem: 'lots' is not a memory size"),
+        ({"slurm": {"nodes": 0}}, "nodes: 0 must be a whole number from 1"),
+        ({"slurm": {"partition": "a b"}}, "queue: 'a b' is not a valid name"),
+        ({"resources": {"tasks": "x"}}, "tasks: 'x' must be a whole number"),
+        ({"resources": {"nodes": 10**12}}, "nodes: 1000000000000 must be a whole number from 1 to"),
+        ({"resources": {"time_limit": -5}}, "time_limit: -5 must be seconds"),
+        ({"resources": {"queue": "a\n"}}, "queue: 'a\\n' is not a valid name"),
+        ({"resources": {"color": "red"}}, "resources: unknown option(s): color"),
+        ({"resources": {"extra_args": ["-x"]}}, "'-x' is not an option of the form --name"),
+        ({"resources": {"extra_args": ["--constraint=a b"]}}, "may not contain spaces"),
         ({"poll_interval": "0.1s"}, "below the minimum"),
         ({"poll_interval": "soon"}, "is not a duration"),
         ({"stage_in": "nocolon"}, "stage-in: 'nocolon' is not SRC:DST"),
         ({"stage_out": "out/../../etc:/x"}, "may not contain '..'"),
         ({"script": "   "}, "script: is empty"),
         ({"pod": {"uid": "bad uid!"}}, "pod.uid"),
-        ({"version": 2}, "version: 2 is not supported"),
+        ({"version": 3}, "version: 3 is not supported"),
         ({"colour": 1}, "unknown job spec field(s): colour"),
     ],
 )
@@ -86,14 +83,40 @@ def test_durations(text, seconds):
 @pytest.mark.parametrize(("value", "seconds"), [("30", 1800), ("1:30", 90), ("01:00:00", 3600),
                                                  ("2-00", 172800), ("1-02:03:04", 93784),
                                                  ("UNLIMITED", None)])
-def test_slurm_times(value, seconds):
-    assert slurm_time_to_seconds(value) == seconds
+def test_time_limits(value, seconds):
+    assert parse_time_limit(value) == (seconds or 0)
 
 
-def test_deadline_to_slurm_time():
-    assert seconds_to_slurm_time(59) == "00:01:00"
-    assert seconds_to_slurm_time(3600) == "01:00:00"
-    assert seconds_to_slurm_time(90000) == "1-01:00:00"
+def test_sbatch_time_format():
+    assert format_time(59) == "00:01:00"
+    assert format_time(3600) == "01:00:00"
+    assert format_time(90000) == "1-01:00:00"
+    assert format_time(0) == "UNLIMITED"
+
+
+def test_memory_sizes():
+    assert [parse_memory_mb(v) for v in ("2048", "512M", "4G", "1T", "100K")] == [2048, 512, 4096, 2**20, 1]
+
+
+def test_a_version_1_spec_reads_as_neutral_resources():
+    spec = JobSpec.from_dict({**BASE, "slurm": {"partition": "debug", "account": "grant", "time": "01:30:00",
+                                                 "mem": "4G", "gres": "gpu:a100:2", "ntasks": 3,
+                                                 "extra_args": ["--exclusive"]}})
+    assert spec.resources == Resources(queue="debug", account="grant", time_limit=5400, memory_mb=4096,
+                                       gpus=2, gpu_type="a100", tasks=3, extra_args=("--exclusive",))
+    assert spec.version == 2 and "slurm" not in spec.to_dict()
+
+
+def test_slurm_maps_the_neutral_resources_and_checks_its_own_allow_list():
+    res = Resources(queue="debug", time_limit=5400, memory_mb=512, gpus=2, tasks=2, extra_args=("--exclusive",))
+    assert sbatch_options(res) == ["--partition=debug", "--time=01:30:00", "--ntasks=2", "--mem=512M",
+                                   "--gres=gpu:2", "--exclusive"]
+    with pytest.raises(SpecError, match="'--output' is not allowed"):
+        sbatch_options(Resources(extra_args=("--output=/etc/passwd",)))
+    with pytest.raises(SpecError, match="--constraint needs a value"):
+        parse_sbatch_args(["--constraint"])
+    with pytest.raises(SpecError, match="--exclusive takes no value"):
+        parse_sbatch_args(["--exclusive=yes"])
 
 
 def test_allowed_sbatch_args_pass():

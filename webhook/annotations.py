@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from connector.backends.slurm_options import parse_sbatch_args
 from connector.errors import SpecError
 from connector.spec import (
     LOG_MODES,
@@ -23,9 +24,8 @@ from connector.spec import (
     StagePair,
     check_name,
     check_positive_int,
-    check_slurm_time,
+    check_time_limit,
     parse_duration,
-    parse_sbatch_args,
     parse_staging,
 )
 
@@ -197,7 +197,7 @@ def _slurm_name(name: str, value: str) -> dict[str, Any]:
 
 
 def _time(name: str, value: str) -> dict[str, Any]:
-    return {"time": check_slurm_time(value, _what(name))}
+    return {"time": check_time_limit(value, _what(name))}
 
 
 def _count(name: str, value: str) -> dict[str, Any]:

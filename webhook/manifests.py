@@ -10,7 +10,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from connector.render import JobPaths, render_script
+from connector.backends import backend_class
+from connector.backends.base import JobRequest
+from connector.profile import Profile
 from connector.spec import PodRef
 from webhook.annotations import INJECTED, PREFIX, STATUS, AdmissionDenied
 from webhook.config import WebhookConfig
@@ -124,12 +126,15 @@ def misplaced_annotations(obj: Any) -> Iterator[str]:
                f"{where}.metadata.annotations")
 
 
-def script_for(pod: OffloadedPod) -> str:
-    """The batch script the connector would submit for this pod (placeholder job dir)."""
+def script_for(pod: OffloadedPod, backend_type: str = "slurm-ssh") -> str:
+    """The batch script a backend of this type would submit for this pod (placeholder job
+    dir; no connection is made: rendering needs none)."""
     spec = read_job_spec(pod.pod)
     assert spec is not None
     spec = replace(spec, pod=PodRef(namespace=pod.namespace, name=pod.name))
-    return render_script(spec, JobPaths(PLACEHOLDER_JOB_DIR), env_names=spec.env_passthrough)
+    backend = backend_class(backend_type)(Profile(backend=backend_type))
+    env = dict.fromkeys(spec.env_passthrough, "")
+    return backend.render(JobRequest(spec, PLACEHOLDER_JOB_DIR, env))
 
 
 def _get(obj: Any, path: tuple[str, ...]) -> Any:

@@ -18,7 +18,7 @@ import orjson
 
 from connector.errors import SpecError
 from connector.render import hpc_image
-from connector.spec import JobSpec, SlurmOptions, seconds_to_slurm_time
+from connector.spec import JobSpec, Resources, parse_time_limit
 from webhook.annotations import (
     INJECTED,
     JOB_SPEC,
@@ -160,10 +160,14 @@ def build_job_spec(
     mem = None
     if memory is not None:
         mib = _ceil(parse_quantity(memory, f"{label}: memory"), MIB)
-        mem = f"{mib}M" if mib > 0 else None
+        mem = mib if mib > 0 else None
     # the annotation wins; "" (gpus: 0) means none
-    gres = _gres_from_limits(requests, limits, name, gpu_names) if ann.gpus is None \
-        else ann.gpus or None
+    gpu_type, gpus = None, None
+    if ann.gpus is None:
+        gpus = _gpus_from_limits(requests, limits, name, gpu_names)
+    elif ann.gpus:
+        parts = ann.gpus.split(":")  # gpu:N or gpu:TYPE:N
+        gpus, gpu_type = int(parts[-1]), (parts[1] if len(parts) == 3 else None)
 
     time = ann.time
     if time is None:
@@ -173,7 +177,7 @@ def build_job_spec(
                 raise AdmissionDenied(
                     f"spec.activeDeadlineSeconds: {deadline!r} must be a whole number of "
                     "seconds, 1 or more")
-            time = seconds_to_slurm_time(deadline)
+            time = str(-(-deadline // 60))  # whole minutes, rounded up
     if time is None and rule is not None:
         time = rule.default_time()
     runtime = ann.runtime or (rule.default_runtime() if rule is not None else None)
@@ -185,16 +189,17 @@ def build_job_spec(
         env_names[item["name"]] = None
     working_dir = container.get("workingDir")
     try:
-        slurm = SlurmOptions(
-            partition=ann.partition or (defaults.partition if defaults else None),
+        resources = Resources(
+            queue=ann.partition or (defaults.partition if defaults else None),
             account=ann.account or (defaults.account if defaults else None),
             qos=ann.qos or (defaults.qos if defaults else None),
-            time=time,
+            time_limit=parse_time_limit(time) if time is not None else None,
             nodes=ann.nodes,
-            ntasks=ann.ntasks,
+            tasks=ann.ntasks,
             cpus_per_task=cpus if cpus and cpus > 0 else None,
-            mem=mem,
-            gres=gres,
+            memory_mb=mem,
+            gpus=gpus or None,
+            gpu_type=gpu_type,
             extra_args=ann.sbatch_args,
         )
         job = JobSpec(
@@ -206,7 +211,7 @@ def build_job_spec(
             env_from=bool(container.get("envFrom")),
             working_dir=working_dir if isinstance(working_dir, str) and working_dir else None,
             runtime=runtime,
-            slurm=slurm,
+            resources=resources,
             logs=ann.logs or "stream",
             poll_interval=ann.poll_interval,
             stage_in=ann.stage_in,
@@ -258,9 +263,9 @@ def _resource_map(resources: Mapping[str, Any], kind: str, name: str) -> dict[st
     return values
 
 
-def _gres_from_limits(requests: Mapping[str, Any], limits: Mapping[str, Any], name: str,
-                      gpu_names: tuple[str, ...]) -> str | None:
-    """`gpu:N` from the GPU resources' limits (extended resources: requests equal limits)."""
+def _gpus_from_limits(requests: Mapping[str, Any], limits: Mapping[str, Any], name: str,
+                      gpu_names: tuple[str, ...]) -> int | None:
+    """GPUs from the GPU resources' limits (extended resources: requests equal limits)."""
     total = 0
     for resource in gpu_names:
         value = limits.get(resource, requests.get(resource))
@@ -271,7 +276,7 @@ def _gres_from_limits(requests: Mapping[str, Any], limits: Mapping[str, Any], na
             raise AdmissionDenied(f"container {quote(name)}: {resource}: {quote(value)} must be "
                                   "a whole number of devices")
         total += int(count)
-    return f"gpu:{total}" if total else None
+    return total or None
 
 
 def _image(value: Any, name: str) -> str | None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from connector.backends.slurm_options import format_time
 from connector.errors import SpecError
 from connector.render import hpc_image
 from connector.spec import (
@@ -28,8 +29,8 @@ from connector.spec import (
     JobSpec,
     check_name,
     check_positive_int,
-    check_slurm_time,
-    slurm_time_to_seconds,
+    check_time_limit,
+    parse_time_limit,
 )
 from webhook.annotations import PREFIX, AdmissionDenied, quote
 
@@ -71,7 +72,7 @@ class Rule:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_ns", _globs(self.namespaces))
         object.__setattr__(self, "_profiles", _globs(self.profiles) if self.profiles else None)
-        seconds = slurm_time_to_seconds(self.max_time) if self.max_time else None
+        seconds = (parse_time_limit(self.max_time) or None) if self.max_time else None
         object.__setattr__(self, "_max_seconds", seconds)
 
     def matches(self, namespace: str) -> bool:
@@ -111,13 +112,13 @@ class Rule:
                     self._deny(f"image {quote(image)} is not allowed; images must start with "
                                f"one of: {', '.join(self.images)}")
         max_seconds = self._max_seconds  # type: ignore[attr-defined]
-        if self.max_time is not None and spec.slurm.time is not None:
-            seconds = slurm_time_to_seconds(spec.slurm.time)
-            if seconds is None or (max_seconds is not None and seconds > max_seconds):
-                self._deny(f"{PREFIX}time {quote(spec.slurm.time)} exceeds the maximum "
-                           f"{self.max_time}")
-        if self.max_nodes is not None and (spec.slurm.nodes or 1) > self.max_nodes:
-            self._deny(f"{PREFIX}nodes {spec.slurm.nodes} exceeds the maximum {self.max_nodes}")
+        limit = spec.resources.time_limit
+        if self.max_time is not None and limit is not None and (
+                limit == 0 or (max_seconds is not None and limit > max_seconds)):
+            shown = "UNLIMITED" if limit == 0 else format_time(limit)
+            self._deny(f"{PREFIX}time {quote(shown)} exceeds the maximum {self.max_time}")
+        if self.max_nodes is not None and (spec.resources.nodes or 1) > self.max_nodes:
+            self._deny(f"{PREFIX}nodes {spec.resources.nodes} exceeds the maximum {self.max_nodes}")
         if self.max_gpus is not None:
             gpus = count_gpus(spec)
             if gpus > self.max_gpus:
@@ -130,10 +131,10 @@ class Rule:
 
 def count_gpus(spec: JobSpec) -> int:
     """GPUs a job can hold in total: gres and per-node counts are per node (SLURM)."""
-    slurm = spec.slurm
-    nodes, tasks = slurm.nodes or 1, slurm.ntasks or 1
-    total = _count(slurm.gres.split(":", 1)[1]) * nodes if slurm.gres else 0
-    for arg in slurm.extra_args:
+    res = spec.resources
+    nodes, tasks = res.nodes or 1, res.tasks or 1
+    total = (res.gpus or 0) * nodes
+    for arg in res.extra_args:
         option, _, value = arg.partition("=")
         if option == "--gpus-per-node":
             total += _count(value) * nodes
@@ -234,7 +235,7 @@ def _rule(item: Any, index: int) -> Rule:
             profiles=_strings(data.get("profiles"), f"{where}: profiles"),
             runtimes=runtimes,
             images=_strings(data.get("images"), f"{where}: images"),
-            max_time=check_slurm_time(max_time, f"{where}: maxTime") if max_time else None,
+            max_time=check_time_limit(max_time, f"{where}: maxTime") if max_time else None,
             max_gpus=_limit(data.get("max_gpus"), f"{where}: maxGpus"),
             max_nodes=_limit(data.get("max_nodes"), f"{where}: maxNodes"),
             allow_scripts=_bool(data.get("allow_scripts", True), f"{where}: allowScripts"),
@@ -256,7 +257,7 @@ def _defaults(value: Any, where: str) -> Defaults:
             out[key] = check_name(data[key], f"{where}: defaults.{key}")
     if data.get("time") is not None:
         text = _time_text(data["time"], f"{where}: defaults.time")
-        out["time"] = check_slurm_time(str(text), f"{where}: defaults.time")
+        out["time"] = check_time_limit(str(text), f"{where}: defaults.time")
     if data.get("runtime") is not None:
         runtime = str(data["runtime"]).lower()
         if runtime not in RUNTIMES:

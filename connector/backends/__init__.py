@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from connector.backends.base import Backend, JobState, JobStatus
+from connector.backends.base import Backend, Capability, JobHandle, JobRequest, JobState, JobStatus
 from connector.errors import ProfileError
 
 GROUP = "hpc_offload.backends"
@@ -38,4 +38,4 @@ def backend_class(type_name: str) -> type[Backend]:
     return cls
 
 
-__all__ = ["Backend", "JobState", "JobStatus", "available", "backend_class"]
+__all__ = ["Backend", "Capability", "JobHandle", "JobRequest", "JobState", "JobStatus", "available", "backend_class"]

@@ -1,29 +1,30 @@
-"""SLURM through its command-line tools (sbatch, scontrol, squeue, scancel) on any transport.
+"""SLURM through its command-line tools (sbatch, squeue, scancel) on any shell transport.
 
-Without accounting (`sacct` off, common on small sites) a finished job stays visible in
-`scontrol show job` for MinJobAge seconds, long enough for the connector to read its end.
-One `scontrol show job` per monitoring period is the whole load the connector puts on
-slurmctld while a job runs; output and the end marker are read from files.
+One `squeue` answers for every job of a session (state, reason, exit code, node, restarts,
+where its output goes), so following N jobs costs one slurmctld request per period; `scancel`
+takes them all at once. The job's environment reaches sbatch on a file descriptor
+(`--export-file=3`): no env file is ever written on the HPC side. Without accounting a finished
+job stays visible for MinJobAge seconds, long enough for the connector to read its end.
 """
 
 from __future__ import annotations
 
-import re
+import shlex
+from collections.abc import Sequence
 
-from connector.backends.base import Backend, JobState, JobStatus
-from connector.errors import BackendError, TransientError
-from connector.render import JobPaths
-from connector.transport.base import CommandResult
+from connector.backends.base import JobHandle, JobRequest, JobState, JobStatus
+from connector.backends.shell import ShellBackend
+from connector.backends.slurm_options import sbatch_options
+from connector.errors import BackendError
+from connector.render import JobPaths, env_export_file, payload_lines, render_batch_script
 
-_FIELD_START = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_/:]*)=")
-_TRANSIENT = (
+TRANSIENT = (
     "Unable to contact slurm controller",
     "Socket timed out",
     "Zero Bytes were transmitted",
     "slurm_load_jobs error: Unable",
     "Connection refused",
 )
-
 ACTIVE_STATES = {
     "PENDING": JobState.PENDING,
     "REQUEUE_HOLD": JobState.PENDING,
@@ -52,104 +53,165 @@ FINAL_STATES = {
     "BOOT_FAIL": JobState.BOOT_FAIL,
     "DEADLINE": JobState.DEADLINE,
 }
+# squeue -O fields, each ended by a separator no field value contains
+_SEP = "\x1f"
+FIELDS = ("JobID", "State", "Reason", "exit_code", "BatchHost", "StartTime", "RestartCnt",
+          "Comment", "STDOUT", "STDERR")
+_FORMAT = ",".join(f"{name}:{_SEP}" for name in FIELDS)
 
 
-def parse_scontrol_record(text: str) -> dict[str, str]:
-    """`Key=Value Key=Value …` (one-line form, `-o`) into a dict; values may hold `=`."""
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    starts = list(_FIELD_START.finditer(line))
-    record: dict[str, str] = {}
-    for index, match in enumerate(starts):
-        end = starts[index + 1].start() if index + 1 < len(starts) else len(line)
-        record.setdefault(match.group(1), line[match.end() : end].strip())
-    return record
+def queue_listing_argv(job_ids: Sequence[str] | None = None, *, mine: bool = False) -> list[str]:
+    """One `squeue` for these jobs (or all of the user's), every field we read."""
+    argv = ["squeue", "--noheader", "--states=all", f"--Format={_FORMAT}"]
+    if job_ids is not None:
+        argv.append(f"--jobs={','.join(job_ids)}")
+    if mine:
+        argv.append("--me")
+    return argv
 
 
-def status_from_record(job_id: str, record: dict[str, str]) -> JobStatus:
-    raw = record.get("JobState", "UNKNOWN").split()[0].rstrip("+")
+def parse_queue_listing(text: str) -> list[dict[str, str]]:
+    """squeue's `-O` lines (fields ended by the separator) as dicts keyed by FIELDS."""
+    records = []
+    for line in text.splitlines():
+        values = [value.strip() for value in line.split(_SEP)]
+        if len(values) >= len(FIELDS):
+            records.append(dict(zip(FIELDS, values, strict=False)))
+    return records
+
+
+def status_from_listing(record: dict[str, str], position: int | None = None) -> JobStatus:
+    raw = record.get("State", "UNKNOWN").split()[0].rstrip("+")
     state = ACTIVE_STATES.get(raw) or FINAL_STATES.get(raw) or JobState.UNKNOWN
-    code: int | None = None
-    signal: int | None = None
-    exit_code = record.get("ExitCode", "")
-    if ":" in exit_code:
-        first, second = exit_code.split(":", 1)
-        if first.isdigit() and second.isdigit():
-            code, signal = int(first), int(second)
-    start = record.get("StartTime")
+    code, signal = _exit_code(record.get("exit_code", ""))
+    start = record.get("StartTime", "")
+    restarts = record.get("RestartCnt", "0")
     return JobStatus(
-        job_id=job_id,
+        job_id=record["JobID"],
         state=state,
         raw_state=raw,
-        reason=record.get("Reason", ""),
-        exit_code=code,
-        signal=signal,
-        start_estimate=start if start not in (None, "", "Unknown", "None") else None,
-        node=record.get("BatchHost") or None,
+        reason=record.get("Reason", "") if record.get("Reason") != "None" else "",
+        exit_code=code if state.ended else None,
+        signal=signal if state.ended else None,
+        start_estimate=start if start not in ("", "N/A", "Unknown", "None") else None,
+        queue_position=position if state is JobState.PENDING else None,
+        node=record.get("BatchHost") or None if record.get("BatchHost") not in ("", "N/A") else None,
+        payload_ended=raw == "COMPLETING",
+        requeued=restarts.isdigit() and int(restarts) > 0 and state is JobState.PENDING,
     )
 
 
-class SlurmBackend(Backend):
+def _exit_code(text: str) -> tuple[int | None, int | None]:
+    """`7:0` (code:signal) as squeue and scontrol print it."""
+    first, sep, second = text.partition(":")
+    if sep and first.isdigit() and second.isdigit():
+        return int(first), int(second)
+    return None, None
+
+
+class SlurmBackend(ShellBackend):
     """What SLURM needs, independent of how its commands are reached."""
 
-    def _scheduler(self, argv: list[str]) -> CommandResult:
-        """Every call that reaches slurmctld goes through here, so it can be counted."""
-        self.scheduler_calls += 1
-        return self.transport.run(argv)
+    def render(self, request: JobRequest) -> str:
+        """The batch script: `#SBATCH` lines for the resources, then the shared payload."""
+        spec = request.spec
+        if spec.script is not None:
+            return spec.script
+        directives = [f"#SBATCH {option}" for option in sbatch_options(spec.resources)]
+        body = payload_lines(spec, request.paths, request.env.keys(), self.profile.setting("image"))
+        return render_batch_script(directives, body)
 
-    def _check(self, argv: list[str], result: CommandResult) -> CommandResult:
-        if result.ok:
-            return result
-        text = result.stderr + result.stdout
-        if any(marker in text for marker in _TRANSIENT):
-            raise TransientError(result.describe(argv))
-        if result.returncode == 127:
-            raise BackendError(f"{argv[0]} is not installed on the HPC side (`{argv[0]}` not found)")
-        raise BackendError(result.describe(argv))
+    def identity_args(self, request: JobRequest) -> list[str]:
+        """What sbatch adds on its command line. A rendered script gets its name, output files
+        and directory from us; a verbatim script keeps its own and is found by its comment."""
+        paths = request.paths
+        args = [f"--comment={request.tag}", "--export-file=3"]
+        if request.spec.script is None:
+            args += [f"--job-name={request.tag}", f"--output={paths.output}", f"--error={paths.error}",
+                     "--open-mode=append"]
+        return [*args, f"--chdir={paths.job_dir}"]
 
-    def submit(self, script: str, paths: JobPaths, env_file: bytes, identity_args: list[str]) -> str:
-        transport = self.transport
-        # one round trip: the job dir, and no end marker left by an earlier job in it
-        prepare = ["sh", "-c", 'mkdir -p -m 700 -- "$1" && rm -f -- "$2"', "sh", paths.job_dir, paths.exit_status]
-        result = transport.run(prepare)
-        if not result.ok:
-            raise TransientError(f"cannot prepare {paths.job_dir}: {result.describe(prepare)}")
-        transport.write_file(paths.env_file, env_file, 0o600)
-        transport.write_file(paths.script, script.encode(), 0o700)
-        argv = ["sbatch", "--parsable", *identity_args, paths.script]
-        result = self._check(argv, self._scheduler(argv))
+    def submit(self, request: JobRequest) -> JobHandle:
+        paths = request.paths
+        script = self.render(request)
+        self.prepare_job_dir(paths.job_dir, paths.exit_status)
+        self.transport.write_file(paths.script, script.encode(), 0o700)
+        sbatch = shlex.join(["sbatch", "--parsable", *self.identity_args(request), paths.script])
+        # the environment arrives on stdin and sbatch reads it from fd 3: never a file, never argv
+        argv = ["sh", "-c", f"exec {sbatch} 3<&0"]
+        result = self.run_checked(argv, TRANSIENT, stdin=env_export_file(request.env))
         job_id = result.stdout.strip().split(";")[0]
         if not job_id.isdigit():
             raise BackendError(f"sbatch answered {result.stdout.strip()!r}, not a job id")
-        return job_id
+        if request.spec.script is None:
+            return JobHandle.rendered(job_id, paths.job_dir)
+        return self._located(job_id, paths.job_dir)
 
-    def status(self, job_id: str) -> JobStatus:
-        argv = ["scontrol", "show", "job", "-o", job_id]
-        result = self._scheduler(argv)
-        if not result.ok and "Invalid job id" in (result.stderr + result.stdout):
-            return JobStatus(job_id=job_id, state=JobState.UNKNOWN, reason="job no longer known")
-        self._check(argv, result)
-        status = status_from_record(job_id, parse_scontrol_record(result.stdout))
-        if status.state is JobState.PENDING:
-            position = self._queue_position(job_id)
-            status = JobStatus(**{**status.__dict__, "queue_position": position})
-        return status
+    def _located(self, job_id: str, job_dir: str) -> JobHandle:
+        """A verbatim script's job: its output is where its own directives sent it."""
+        records = self._listing([job_id])
+        record = records[0] if records else {}
+        stdout = record.get("STDOUT") or f"{job_dir}/slurm-{job_id}.out"
+        stderr = record.get("STDERR") or None
+        return JobHandle(job_id, job_dir, _absolute(stdout, job_dir),
+                         _absolute(stderr, job_dir) if stderr and stderr != stdout else None)
 
-    def _queue_position(self, job_id: str) -> int | None:
-        argv = ["squeue", "-h", "-t", "PENDING", "-o", "%i", "--sort=-p,i"]
-        result = self._scheduler(argv)
+    def _listing(self, job_ids: Sequence[str] | None = None, mine: bool = False) -> list[dict[str, str]]:
+        argv = queue_listing_argv(job_ids, mine=mine)
+        self.scheduler_calls += 1
+        result = self.transport.run(argv)
+        text = result.stderr + result.stdout
+        if not result.ok and "Invalid job id" in text:
+            return []  # every job asked for has left the controller
         if not result.ok:
-            return None
-        ids = result.stdout.split()
-        return ids.index(job_id) + 1 if job_id in ids else None
+            self.scheduler_calls -= 1  # run_checked counts it again
+            self.run_checked(argv, TRANSIENT)
+        return parse_queue_listing(result.stdout)
 
-    def cancel(self, job_id: str) -> None:
-        argv = ["scancel", job_id]
-        result = self._scheduler(argv)
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        found = {record["JobID"]: record for record in self._listing(job_ids)}
+        pending = [job_id for job_id in job_ids
+                   if job_id in found and found[job_id]["State"].startswith("PENDING")]
+        order = self._pending_order() if pending else []
+        result = {}
+        for job_id in job_ids:
+            if job_id not in found:
+                result[job_id] = JobStatus(job_id=job_id, state=JobState.UNKNOWN,
+                                           reason="job no longer known to SLURM")
+                continue
+            position = order.index(job_id) + 1 if job_id in order else None
+            result[job_id] = status_from_listing(found[job_id], position)
+        return result
+
+    def _pending_order(self) -> list[str]:
+        """The pending queue in priority order (only asked while one of ours waits)."""
+        argv = ["squeue", "--noheader", "--states=PENDING", "--format=%i", "--sort=-p,i"]
+        self.scheduler_calls += 1
+        result = self.transport.run(argv)
+        return result.stdout.split() if result.ok else []
+
+    def cancel_many(self, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            return
+        argv = ["scancel", *job_ids]
+        self.scheduler_calls += 1
+        result = self.transport.run(argv)
         if not result.ok and "Invalid job id" not in result.stderr + result.stdout:
-            self._check(argv, result)
+            self.scheduler_calls -= 1
+            self.run_checked(argv, TRANSIENT)
 
-    def find(self, job_name: str) -> str | None:
-        argv = ["squeue", "-h", "--states=all", f"--name={job_name}", "-o", "%i"]
-        result = self._check(argv, self._scheduler(argv))
-        ids = [int(token) for token in result.stdout.split() if token.isdigit()]
-        return str(max(ids)) if ids else None
+    def find(self, request: JobRequest) -> JobHandle | None:
+        records = [r for r in self._listing(mine=True) if r.get("Comment") == request.tag]
+        if not records:
+            return None
+        newest = max(records, key=lambda r: int(r["JobID"]) if r["JobID"].isdigit() else -1)
+        if request.spec.script is None:
+            return JobHandle.rendered(newest["JobID"], request.job_dir)
+        return self._located(newest["JobID"], request.job_dir)
+
+
+def _absolute(path: str, job_dir: str) -> str:
+    return path if path.startswith("/") else f"{job_dir}/{path}"
+
+
+__all__ = ["JobPaths", "SlurmBackend"]

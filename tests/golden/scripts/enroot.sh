@@ -3,10 +3,7 @@
 #SBATCH --mem=32768M
 #SBATCH --gres=gpu:2
 # Rendered by hpc-offload for research/train-x7k2p; runtime: enroot.
-# Environment values are in the 0600 env file beside this script, never here.
-if [ -r /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/job.env ]; then
-  . /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/job.env
-fi
+# Environment values reach this job from the scheduler, never from this file.
 srun --container-image=nvcr.io/nvidia/pytorch:24.01-py3 --container-env=WANDB_KEY python train.py
 status=$?
 printf '%s\n' "$status" > /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/exit-status

@@ -1,9 +1,6 @@
 #!/bin/bash
 # Rendered by hpc-offload for research/train-x7k2p; runtime: podman.
-# Environment values are in the 0600 env file beside this script, never here.
-if [ -r /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/job.env ]; then
-  . /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/job.env
-fi
+# Environment values reach this job from the scheduler, never from this file.
 podman run --rm --network=host --env MODE --env TOKEN --workdir /srv --entrypoint '["python3", "-m", "http.server"]' docker.io/library/python:3.11 8000
 status=$?
 printf '%s\n' "$status" > /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/exit-status

@@ -11,10 +11,7 @@
 #SBATCH --constraint=a100
 #SBATCH --exclusive
 # Rendered by hpc-offload for research/train-x7k2p; runtime: singularity.
-# Environment values are in the 0600 env file beside this script, never here.
-if [ -r /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/job.env ]; then
-  . /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/job.env
-fi
+# Environment values reach this job from the scheduler, never from this file.
 singularity exec docker://python:3.11 python3 -V
 status=$?
 printf '%s\n' "$status" > /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/exit-status

@@ -10,10 +10,7 @@
 #SBATCH --exclusive
 #SBATCH --mail-type=END
 # Rendered by hpc-offload for lab/everything; runtime: singularity.
-# Environment values are in the 0600 env file beside this script, never here.
-if [ -r /HPC_WORKDIR/hpco-POD_UID/job.env ]; then
-  . /HPC_WORKDIR/hpco-POD_UID/job.env
-fi
+# Environment values reach this job from the scheduler, never from this file.
 singularity exec docker://registry.example.org/lab/app:2.0 app --config params.json
 status=$?
 printf '%s\n' "$status" > /HPC_WORKDIR/hpco-POD_UID/exit-status

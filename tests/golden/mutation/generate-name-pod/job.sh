@@ -4,10 +4,7 @@
 #SBATCH --nodes=2
 #SBATCH --ntasks=16
 # Rendered by hpc-offload for default/sweep-xxxxx; runtime: singularity.
-# Environment values are in the 0600 env file beside this script, never here.
-if [ -r /HPC_WORKDIR/hpco-POD_UID/job.env ]; then
-  . /HPC_WORKDIR/hpco-POD_UID/job.env
-fi
+# Environment values reach this job from the scheduler, never from this file.
 singularity exec docker://ghcr.io/example/mpi-sweep:2.1 mpirun /opt/sweep --grid 64
 status=$?
 printf '%s\n' "$status" > /HPC_WORKDIR/hpco-POD_UID/exit-status

@@ -4,10 +4,7 @@
 #SBATCH --mem=32768M
 #SBATCH --gres=gpu:2
 # Rendered by hpc-offload for ml/train; runtime: apptainer.
-# Environment values are in the 0600 env file beside this script, never here.
-if [ -r /HPC_WORKDIR/hpco-POD_UID/job.env ]; then
-  . /HPC_WORKDIR/hpco-POD_UID/job.env
-fi
+# Environment values reach this job from the scheduler, never from this file.
 apptainer exec --pwd /workspace docker://nvcr.io/nvidia/pytorch:24.01-py3 python train.py --epochs 10
 status=$?
 printf '%s\n' "$status" > /HPC_WORKDIR/hpco-POD_UID/exit-status

@@ -1,9 +1,6 @@
 #!/bin/bash
 # Rendered by hpc-offload for default/rt-charliecloud; runtime: charliecloud.
-# Environment values are in the 0600 env file beside this script, never here.
-if [ -r /HPC_WORKDIR/hpco-POD_UID/job.env ]; then
-  . /HPC_WORKDIR/hpco-POD_UID/job.env
-fi
+# Environment values reach this job from the scheduler, never from this file.
 export USER="${USER:-$(id -un)}"  # ch-run refuses to start without it
 ch-run '--cd=/tmp/work dir' /scratch/images/python-3.11 -- python3 -c 'import sys; print('"'"'hello'"'"', sys.argv)'
 status=$?

@@ -1,9 +1,6 @@
 #!/bin/bash
 # Rendered by hpc-offload for default/rt-none; runtime: none.
-# Environment values are in the 0600 env file beside this script, never here.
-if [ -r /HPC_WORKDIR/hpco-POD_UID/job.env ]; then
-  . /HPC_WORKDIR/hpco-POD_UID/job.env
-fi
+# Environment values reach this job from the scheduler, never from this file.
 cd '/tmp/work dir' || exit 1
 python3 -c 'import sys; print('"'"'hello'"'"', sys.argv)'
 status=$?
