@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from connector.errors import SpecError
 from connector.backends.slurm_options import format_time, parse_sbatch_args, sbatch_options
+from connector.errors import SpecError
 from connector.spec import JobSpec, Resources, parse_duration, parse_memory_mb, parse_time_limit
 
 BASE = {"image": "python:3.11", "command": ["python3", "-V"]}

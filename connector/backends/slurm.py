@@ -90,7 +90,7 @@ def status_from_listing(record: dict[str, str], position: int | None = None) -> 
         job_id=record["JobID"],
         state=state,
         raw_state=raw,
-        reason=record.get("Reason", "") if record.get("Reason") != "None" else "",
+        reason=record.get("Reason", "") if record.get("Reason") not in ("None", "(null)") else "",
         exit_code=code if state.ended else None,
         signal=signal if state.ended else None,
         start_estimate=start if start not in ("", "N/A", "Unknown", "None") else None,
@@ -102,11 +102,17 @@ def status_from_listing(record: dict[str, str], position: int | None = None) -> 
 
 
 def _exit_code(text: str) -> tuple[int | None, int | None]:
-    """`7:0` (code:signal) as squeue and scontrol print it."""
+    """(code, signal) from squeue's `exit_code`: the raw wait status (1792 = exit 7, 9 = killed
+    by signal 9), or `7:0` as scontrol prints it."""
     first, sep, second = text.partition(":")
     if sep and first.isdigit() and second.isdigit():
         return int(first), int(second)
-    return None, None
+    if not text.isdigit():
+        return None, None
+    status = int(text)
+    if status & 0x7F:
+        return 0, status & 0x7F
+    return (status >> 8) & 0xFF, 0
 
 
 class SlurmBackend(ShellBackend):
