@@ -1,0 +1,264 @@
+"""The whole life cycle against the in-memory fake backend: no root, no SLURM, no transport.
+
+Each test runs a real `Connector` in a thread and drives its job by hand, then checks what
+the pod would show: the exit code, stdout and stderr byte for byte, the termination message.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from connector import lifecycle
+from connector.backends.base import Capability, JobState
+from connector.lifecycle import Connector, Timing
+from connector.spec import JobSpec
+from connector.state import StateStore
+from tests.fakes.backend import FakeBackend
+
+FAST = Timing(period=0.05, tick=0.01, fast=0.01)
+UID = "0f1e2d3c-aaaa-bbbb-cccc-000000000001"
+
+
+def spec(**extra) -> JobSpec:
+    return JobSpec.from_dict({"command": ["app"], "runtime": "none",
+                              "pod": {"namespace": "ns", "name": "p", "uid": UID}, **extra})
+
+
+class Run:
+    """A connector running in a thread, with its stdout/stderr captured."""
+
+    def __init__(self, backend: FakeBackend, state_dir: Path, job: JobSpec | None = None,
+                 environ: dict | None = None) -> None:
+        self.out, self.err = io.BytesIO(), io.BytesIO()
+        self.termination = state_dir / "termination-log"
+        self.connector = Connector(job or spec(), backend, StateStore(state_dir), FAST, self.out,
+                                   str(self.termination), environ=environ or {}, err=self.err)
+        self.code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.code = self.connector.run()
+
+    def wait(self, timeout: float = 20) -> int:
+        self.thread.join(timeout)
+        assert self.code is not None, "the connector did not end"
+        return self.code
+
+    def signal(self, signum: int) -> None:
+        self.connector._on_signal(signum, None)
+
+    @property
+    def report(self) -> dict:
+        return json.loads(self.termination.read_text())
+
+
+@pytest.fixture
+def connector_log(caplog):
+    """The connector's log lines (its logger may not propagate once the CLI set it up)."""
+    logger = logging.getLogger("hpc-connector")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="hpc-connector")
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def until(predicate, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.01)
+
+
+def test_submit_stream_and_complete(tmp_path):
+    backend = FakeBackend()
+    run = Run(backend, tmp_path, environ={"IGNORED": "x"})
+    job = backend.job()
+    assert job.request.job_dir == f"/hpc/work/hpco-{UID}"
+    job.state = JobState.RUNNING
+    backend.write(job, b"line 1\npart", b"warn\n")
+    until(lambda: run.out.getvalue() == b"line 1\n")  # the partial line waits for its end
+    backend.write(job, b"ial\nlast without newline")
+    backend.end(job, JobState.COMPLETED, 0)
+    assert run.wait() == 0
+    assert run.out.getvalue() == b"line 1\npartial\nlast without newline\n"
+    assert run.err.getvalue() == b"warn\n"  # the job's stderr on the container's stderr
+    assert run.report["exitCode"] == 0 and run.report["jobId"] == job.job_id
+    assert backend.submits == 1 and backend.closed
+
+
+@pytest.mark.parametrize(("state", "code", "sig", "expected", "reason"), [
+    (JobState.FAILED, 7, 0, 7, "HPCExitCode"),
+    (JobState.FAILED, 0, 9, 137, "HPCSignal"),
+    (JobState.TIMEOUT, 0, 15, 201, "HPCTimeLimit"),
+    (JobState.NODE_FAIL, None, None, 203, "HPCNodeFail"),
+    (JobState.CANCELLED, 0, 15, 202, "HPCCancelled"),
+])
+def test_end_states_map_to_documented_codes(tmp_path, state, code, sig, expected, reason):
+    backend = FakeBackend()
+    run = Run(backend, tmp_path)
+    job = backend.job()
+    backend.end(job, state, code, sig, marker=False)
+    assert run.wait() == expected
+    assert run.report["reason"] == reason
+
+
+def test_the_end_marker_ends_the_pod_while_the_manager_cleans_up(tmp_path):
+    backend = FakeBackend()
+    run = Run(backend, tmp_path)
+    job = backend.job()
+    with backend.lock:
+        job.state, job.payload_ended, job.marker = JobState.RUNNING, True, 3
+    assert run.wait() == 3
+
+
+def test_a_restart_reattaches_from_the_state_file_and_prints_no_line_twice(tmp_path):
+    backend = FakeBackend()
+    first = Run(backend, tmp_path / "first")
+    job = backend.job()
+    job.state = JobState.RUNNING
+    backend.write(job, b"one\ntwo\n")
+    until(lambda: first.out.getvalue() == b"one\ntwo\n")
+    # the container is killed here: a restart finds the state dir as it was at that moment
+    (tmp_path / "restarted").mkdir()
+    shutil.copy(tmp_path / "first" / "job.json", tmp_path / "restarted" / "job.json")
+    backend.write(job, b"three\n")
+    second = Run(backend, tmp_path / "restarted")
+    until(lambda: second.out.getvalue() == b"three\n")
+    backend.end(job, JobState.COMPLETED, 0)
+    assert second.wait() == 0
+    assert second.out.getvalue() == b"three\n"
+    assert backend.submits == 1
+
+
+def test_without_a_state_file_the_job_is_found_by_its_tag(tmp_path):
+    backend = FakeBackend()
+    first = Run(backend, tmp_path / "a")
+    job = backend.job()
+    second = Run(backend, tmp_path / "b")  # state lost: find() by the pod UID
+    backend.end(job, JobState.COMPLETED, 0)
+    assert first.wait() == 0 and second.wait() == 0
+    assert backend.submits == 1
+
+
+def test_transient_faults_back_off_and_recover(tmp_path):
+    backend = FakeBackend()
+    backend.faults = 2
+    run = Run(backend, tmp_path)
+    job = backend.job()
+    backend.end(job, JobState.FAILED, 5, marker=False)
+    assert run.wait(timeout=30) == 5
+    assert backend.status_requests >= 3
+
+
+def test_sigint_cancels_and_waits_until_the_manager_says_so(tmp_path):
+    backend = FakeBackend()
+    backend.cancel_takes = 3  # three status answers still RUNNING after the cancel
+    run = Run(backend, tmp_path)
+    job = backend.job()
+    job.state = JobState.RUNNING
+    until(lambda: backend.status_requests >= 1)
+    run.signal(signal.SIGINT)
+    assert run.wait() == 130
+    assert job.state is JobState.CANCELLED and backend.cancel_requests == 1
+    assert run.report["reason"] == "PodStopped"
+
+
+def test_a_cancel_that_never_lands_times_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(lifecycle, "CANCEL_TIMEOUT", 0.5)
+    backend = FakeBackend()
+    backend.cancel_takes = -1
+    run = Run(backend, tmp_path)
+    backend.job()
+    until(lambda: backend.status_requests >= 1)
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 143
+    assert run.report["reason"] == "CancelTimeout"
+
+
+def test_a_requeued_job_is_followed_to_its_real_end_without_repeating_output(tmp_path):
+    backend = FakeBackend()
+    run = Run(backend, tmp_path)
+    job = backend.job()
+    job.state = JobState.RUNNING
+    backend.write(job, b"first run\n")
+    until(lambda: run.out.getvalue() == b"first run\n")
+    with backend.lock:
+        job.state, job.requeued, job.reason = JobState.PENDING, True, "BeginTime"
+    until(lambda: backend.status_requests >= 3)
+    with backend.lock:
+        job.state = JobState.RUNNING
+    backend.write(job, b"second run\n")
+    backend.end(job, JobState.COMPLETED, 0)
+    assert run.wait() == 0
+    assert run.out.getvalue() == b"first run\nsecond run\n"
+
+
+def test_a_backend_with_output_only_at_the_end(tmp_path, connector_log):
+    caplog = connector_log
+    backend = FakeBackend(Capability.FINAL_OUTPUT)
+    run = Run(backend, tmp_path)
+    job = backend.job()
+    backend.write(job, b"result\n")
+    backend.end(job, JobState.COMPLETED, 0)
+    assert run.wait() == 0
+    assert run.out.getvalue() == b"result\n"
+    assert "gives a job's output only at its end" in caplog.text
+
+
+def test_a_backend_without_output_says_where_it_is(tmp_path, connector_log):
+    caplog = connector_log
+    backend = FakeBackend(Capability.NONE)
+    run = Run(backend, tmp_path)
+    job = backend.job()
+    backend.write(job, b"unseen\n")
+    backend.end(job, JobState.COMPLETED, 0)
+    assert run.wait() == 0
+    assert run.out.getvalue() == b""
+    assert f"it is at /hpc/work/hpco-{UID}/output.log on the HPC side" in caplog.text
+
+
+def test_staging_without_file_access_fails_before_submitting(tmp_path):
+    backend = FakeBackend(Capability.STREAM_OUTPUT)
+    run = Run(backend, tmp_path, job=spec(stage_in="/data:in"))
+    assert run.wait() == 64
+    assert backend.submits == 0
+    assert "cannot copy files" in run.report["message"]
+
+
+def test_staging_goes_through_the_backend_file_store(tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"input")
+    target = tmp_path / "out" / "result.txt"
+    backend = FakeBackend()
+    run = Run(backend, tmp_path / "state", job=spec(stage_in=f"{source}:in.txt",
+                                                  stage_out=f"{target}:result.txt"))
+    job = backend.job()
+    assert backend.fs.data[f"{job.request.job_dir}/in.txt"] == b"input"
+    backend.fs.data[f"{job.request.job_dir}/result.txt"] = b"output"
+    backend.end(job, JobState.COMPLETED, 0)
+    assert run.wait() == 0
+    assert target.read_bytes() == b"output"
+
+
+def test_only_shell_variable_names_are_forwarded_and_values_never_logged(tmp_path, connector_log):
+    """Security issue item 1: `envFrom` may bring names like `db-password`; bash would print
+    `export: db-password=<value>: not a valid identifier` into the job's output (the pod log)."""
+    caplog = connector_log
+    backend = FakeBackend()
+    environ = {"db-password": "s3cret-value", "A;touch${IFS}/tmp/x;B": "v", "GOOD_NAME": "ok"}
+    run = Run(backend, tmp_path, job=spec(env_from=True), environ=environ)
+    job = backend.job()
+    assert dict(job.request.env) == {"GOOD_NAME": "ok"}
+    backend.end(job, JobState.COMPLETED, 0)
+    assert run.wait() == 0
+    assert "'db-password'" in caplog.text and "s3cret-value" not in caplog.text
