@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import daemons, image, layout, munge, packages, rest, slurm, sshd, users
+from . import daemons, image, layout, munge, packages, rest, sge, slurm, sshd, users
 from . import listen as listen_mod
 
 log = logging.getLogger("testbed")
@@ -83,7 +83,8 @@ def _locked() -> Iterator[None]:
         yield
 
 
-def _specs(addresses: tuple[str, ...], conf: str, ssh_conf: str) -> list[daemons.Daemon]:
+def _specs(addresses: tuple[str, ...], conf: str, ssh_conf: str,
+           sge_conf: str = "") -> list[daemons.Daemon]:
     """All daemons in start order (stop in reverse)."""
     return [
         munge.daemon(),
@@ -91,6 +92,8 @@ def _specs(addresses: tuple[str, ...], conf: str, ssh_conf: str) -> list[daemons
         slurm.slurmd_daemon(conf),
         rest.daemon(addresses, conf),
         sshd.daemon(addresses, ssh_conf),
+        sge.qmaster_daemon(sge_conf),
+        sge.execd_daemon(sge_conf),
     ]
 
 
@@ -99,7 +102,7 @@ def _current_specs() -> list[daemons.Daemon]:
     addresses = tuple(listen_mod.remembered()) or (layout.DEFAULT_ADDRESS,)
     conf = layout.SLURM_CONF.read_text() if layout.SLURM_CONF.exists() else ""
     ssh_conf = sshd.CONFIG.read_text() if sshd.CONFIG.exists() else ""
-    return _specs(addresses, conf, ssh_conf)
+    return _specs(addresses, conf, ssh_conf, sge.config_text())
 
 
 def ensure_up(listen: Iterable[str] = (), forget_listen: bool = False) -> Info:
@@ -130,11 +133,22 @@ def ensure_up(listen: Iterable[str] = (), forget_listen: bool = False) -> Info:
             log.info("node %s: %s", slurm.node_name(), state.lower())
             daemons.ensure(specs[3])  # slurmrestd
             daemons.ensure(specs[4])  # sshd
+            _ensure_sge(_specs(addresses, conf, ssh_conf, sge.prepare()))
     except (daemons.DaemonError, packages.PackageError, listen_mod.ListenError, OSError) as exc:
         raise TestbedError(str(exc)) from exc
     log.info("up in %.1f s (listening on %s)", time.monotonic() - started,
              ", ".join(addresses))
     return info()
+
+
+def _ensure_sge(specs: list[daemons.Daemon]) -> None:
+    """Grid Engine beside SLURM: qmaster, its settings, execd, the queue; wait until usable."""
+    by_name = {s.name: s for s in specs}
+    daemons.ensure(by_name["sge_qmaster"])
+    sge.configure_master()
+    daemons.ensure(by_name["sge_execd"])
+    sge.configure_queue()
+    sge.wait_queue_usable()
 
 
 def down() -> list[str]:
@@ -176,7 +190,7 @@ def break_ssh(listener_too: bool = False) -> int:
     """Fault injection for tests: SIGKILL every open SSH session of the testbed's sshd (and the
     listener itself with listener_too, i.e. sshd down until the next `ensure_up`). Returns how
     many processes were killed. The session processes are found as the listener's descendants."""
-    listener = daemons.running_pid(_current_specs()[-1])
+    listener = daemons.running_pid(next(s for s in _current_specs() if s.name == "sshd"))
     if listener is None:
         return 0
     children: dict[int, list[int]] = {}

@@ -39,8 +39,9 @@ def _setup_logging(verbose: bool) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-q", "--quiet", is_flag=True, help="Only print errors.")
 def testbed(quiet: bool) -> None:
-    """A real single-node SLURM (munge, slurmctld, slurmd, slurmrestd) plus an sshd and a
-    test user, started directly with pid files (no systemd) for demos and tests.
+    """A real single-node SLURM (munge, slurmctld, slurmd, slurmrestd) and Grid Engine
+    (sge_qmaster, sge_execd) plus an sshd and a test user, started directly with pid files
+    (no systemd) for demos and tests.
 
     \b
     State (keys, SLURM state, logs, pid files): $HPC_OFFLOAD_TESTBED_DIR,
@@ -61,10 +62,12 @@ def up(listen_on: tuple[str, ...], forget_listen: bool) -> None:
 
     \b
     Installs slurm-wlm munge slurmrestd slurm-wlm-jwt-plugin openssh-server
-    charliecloud debootstrap with apt-get if missing, creates user hpcuser, writes
-    /etc/slurm/slurm.conf, starts munged, slurmctld, slurmd, slurmrestd (:6820) and
-    sshd (:2222), and returns once the node takes jobs. About a second when already up;
-    recovers from stale pid files; restarts a daemon whose settings changed.
+    charliecloud debootstrap gridengine-master gridengine-exec gridengine-client with
+    apt-get if missing, creates user hpcuser, writes /etc/slurm/slurm.conf, starts munged,
+    slurmctld, slurmd, slurmrestd (:6820), sshd (:2222), sge_qmaster (:6444) and sge_execd
+    (:6445) with queue all.q and parallel environment smp, and returns once both take
+    jobs. About a second when already up; recovers from stale pid files; restarts a
+    daemon whose settings changed.
     """
     try:
         i = api.ensure_up(listen=listen_on, forget_listen=forget_listen)

@@ -34,6 +34,14 @@ PARTITION = "debug"
 REST_API_VERSION = "v0.0.38"
 DEFAULT_ADDRESS = "127.0.0.1"
 
+# Grid Engine keeps Debian's places, so the /usr/bin client wrappers work with no environment
+SGE_ROOT = Path("/var/lib/gridengine")
+SGE_CELL = "default"
+SGE_QUEUE = "all.q"
+SGE_PE = "smp"  # a $pe_slots parallel environment: `-pe smp N` = N slots on one host
+SGE_QMASTER_PORT = 6444  # /etc/services sge_qmaster, which the clients look up
+SGE_EXECD_PORT = 6445
+
 CLIENT_KEY = SSH_DIR / "id_ed25519"  # the test user's private key, kept by root
 KNOWN_HOSTS = SSH_DIR / "known_hosts"
 

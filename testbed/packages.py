@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +23,17 @@ PACKAGES: tuple[str, ...] = (
     "openssh-server",
     "charliecloud",
     "debootstrap",
+    "gridengine-master",
+    "gridengine-exec",
+    "gridengine-client",
+)
+# debconf answers for gridengine's questions, so apt never prompts (owner question type value):
+# let the packages write a default cell; the master's name goes to act_qmaster (sge.py rewrites
+# it anyway). Services the packages try to start are refused by policy-rc.d or absent init.
+PRESEED: tuple[str, ...] = (
+    "gridengine-common shared/gridengineconfig boolean true",
+    "gridengine-common shared/gridenginecell string default",
+    "gridengine-common shared/gridenginemaster string {host}",
 )
 LISTS_DIR = Path("/var/lib/apt/lists")
 LISTS_MAX_AGE = 24 * 3600  # older package lists may name .debs the mirror no longer has
@@ -66,6 +78,19 @@ def _apt(args: list[str], logfile: Path) -> None:
         raise PackageError(f"'apt-get {args[0]}' failed (exit {rc}); read {logfile}")
 
 
+def _preseed(logfile: Path) -> None:
+    """Answer the packages' debconf questions before apt asks them."""
+    host = socket.gethostname().split(".")[0]
+    text = "".join(line.format(host=host) + "\n" for line in PRESEED)
+    with open(logfile, "a") as out:
+        out.write(f"$ debconf-set-selections <<< {text!r}\n")
+        out.flush()
+        rc = subprocess.run(["debconf-set-selections"], input=text.encode(), stdout=out,
+                            stderr=subprocess.STDOUT, check=False).returncode
+    if rc != 0:
+        raise PackageError(f"'debconf-set-selections' failed (exit {rc}); read {logfile}")
+
+
 def ensure_packages(logfile: Path, packages: tuple[str, ...] = PACKAGES) -> list[str]:
     """Install what is missing; return the names installed (empty when nothing was)."""
     todo = missing(packages)
@@ -76,6 +101,7 @@ def ensure_packages(logfile: Path, packages: tuple[str, ...] = PACKAGES) -> list
     if not _lists_fresh():
         log.info("packages: apt-get update (lists missing or older than a day)")
         _apt(["update"], logfile)
+    _preseed(logfile)
     log.info("packages: installing %s", " ".join(todo))
     started = time.monotonic()
     _apt(["install", "-y", "--no-install-recommends", *todo], logfile)
