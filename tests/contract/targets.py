@@ -1,0 +1,76 @@
+"""The backends the contract suite runs against, each with its real server and the manager's
+own view of its queue (not the connector's), so a test can check what really happened.
+
+A site runs the suite against its own backend by adding a `Target` here (or in a conftest of
+its own that extends `TARGETS`): a profile directory as a pod would mount it, and three probes
+into its manager.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # the pytest id
+    manager: str  # targets with the same manager share slow tests (the time limit)
+    profile_dir: Path
+    in_queue: Callable[[str], bool]  # the manager still lists the job (pending or running)
+    jobs_tagged: Callable[[str], list[str]]  # ids of the jobs carrying this tag (the pod UID)
+    break_credential: Callable[[Path], None]  # make the copied profile's credential wrong
+    time_limit: dict  # spec fields that give the job a one-minute (or shorter) limit
+
+
+def _slurm_in_queue(job_id: str) -> bool:
+    from testbed import api
+
+    return int(job_id) in api.queued_job_ids()
+
+
+def _slurm_jobs_tagged(tag: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "--states=all", "-O", "JobID:|,Comment:|"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.split("|")[0] for line in out.splitlines() if line.split("|")[1:2] == [tag]]
+
+
+def _wrong_ssh_key(directory: Path) -> None:
+    """Another key: the login node refuses it."""
+    key = directory / "ssh-privatekey"
+    key.unlink()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    (directory / "ssh-privatekey.pub").unlink()
+
+
+def _no_local_credential(directory: Path) -> None:
+    """slurm-local has none (munge on this machine); a workdir the user cannot write instead."""
+    conf = json.loads((directory / "configuration").read_text())
+    (directory / "configuration").write_text(json.dumps({**conf, "workdir": "/proc/hpc-offload"}))
+
+
+def slurm_targets(profiles: dict[str, Path]) -> list[Target]:
+    limit = {"resources": {"time_limit": 60}, "poll_interval": 2}
+    return [
+        Target("slurm-ssh-paramiko", "slurm", profiles["slurm-ssh"], _slurm_in_queue, _slurm_jobs_tagged,
+               _wrong_ssh_key, limit),
+        Target("slurm-ssh-openssh", "slurm", profiles["slurm-ssh-openssh"], _slurm_in_queue,
+               _slurm_jobs_tagged, _wrong_ssh_key, limit),
+        Target("slurm-local", "slurm", profiles["slurm-local"], _slurm_in_queue, _slurm_jobs_tagged,
+               _no_local_credential, limit),
+    ]
+
+
+# Every target family: a function of the session's profile dirs. Backends add theirs here.
+TARGET_FAMILIES: list[Callable[[dict[str, Path]], list[Target]]] = [slurm_targets]
+TARGET_NAMES = ["slurm-ssh-paramiko", "slurm-ssh-openssh", "slurm-local"]
+ONE_PER_MANAGER = ["slurm-local"]  # for what depends on the manager only (the time limit)
+
+
+def copy_profile(source: Path, destination: Path) -> Path:
+    shutil.copytree(source, destination)
+    return destination
