@@ -64,14 +64,15 @@ def violation(p: dict[str, Any], namespace: str = "research-x", policy: str = PO
 def test_defaults_apply_when_the_pod_does_not_say() -> None:
     spec = run(pod())
     assert spec["resources"] == {"queue": "plgrid", "account": "plgresearch", "qos": "normal",
-                                 "time_limit": 4 * 3600}
+                                 "time_limit": 4 * 3600, "nodes": 1}  # nodes: under maxNodes
     assert spec["runtime"] == "apptainer"
     assert spec["hpc_image"] == "docker://registry.example.org/app:1"  # pinned
 
 
 def test_the_pod_wins_over_defaults() -> None:
     spec = run(pod(partition="gpu", account="a", qos="q", time="10", runtime="singularity"))
-    assert spec["resources"] == {"queue": "gpu", "account": "a", "qos": "q", "time_limit": 600}
+    assert spec["resources"] == {"queue": "gpu", "account": "a", "qos": "q", "time_limit": 600,
+                                 "nodes": 1}
     assert spec["runtime"] == "singularity"
 
 

@@ -146,7 +146,6 @@ def build_job_spec(
 ) -> JobSpec:
     """The container and annotations as a JobSpec; the policy's defaults fill the gaps."""
     name = container["name"]
-    defaults = rule.defaults if rule is not None else None
     resources = container.get("resources") or {}
     if not isinstance(resources, dict):
         raise AdmissionDenied(f"container {quote(name)}: resources must be an object")
@@ -190,11 +189,12 @@ def build_job_spec(
     working_dir = container.get("workingDir")
     try:
         resources = Resources(
-            queue=ann.partition or (defaults.partition if defaults else None),
-            account=ann.account or (defaults.account if defaults else None),
-            qos=ann.qos or (defaults.qos if defaults else None),
+            queue=ann.partition or (rule.default_name("partition") if rule else None),
+            account=ann.account or (rule.default_name("account") if rule else None),
+            qos=ann.qos or (rule.default_name("qos") if rule else None),
             time_limit=parse_time_limit(time) if time is not None else None,
-            nodes=ann.nodes,
+            # under node or GPU limits a job naming no nodes gets one, as counted
+            nodes=ann.nodes or (1 if rule is not None and rule.limits_nodes() else None),
             tasks=ann.ntasks,
             cpus_per_task=cpus if cpus and cpus > 0 else None,
             memory_mb=mem,

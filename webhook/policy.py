@@ -13,11 +13,11 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import translate
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -33,10 +33,17 @@ from connector.spec import (
     parse_time_limit,
 )
 from webhook.annotations import PREFIX, AdmissionDenied, quote
+from webhook.sbatch import (
+    Component,
+    Directive,
+    ScriptError,
+    argument_components,
+    measure,
+    script_components,
+    time_limit,
+)
 
 log = logging.getLogger(__name__)
-
-_TRAILING_INT = re.compile(r"(\d+)$")
 
 
 class PolicyError(ValueError):
@@ -68,10 +75,17 @@ class Rule:
     max_nodes: int | None = None
     allow_scripts: bool = True
     defaults: Defaults = field(default_factory=Defaults)
+    partitions: tuple[str, ...] | None = None  # globs; None: any
+    accounts: tuple[str, ...] | None = None
+    qos: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_ns", _globs(self.namespaces))
         object.__setattr__(self, "_profiles", _globs(self.profiles) if self.profiles else None)
+        object.__setattr__(self, "_pins", {
+            option: (_globs(values), values) for option, values in (
+                ("partition", self.partitions), ("account", self.accounts), ("qos", self.qos))
+            if values is not None})
         seconds = (parse_time_limit(self.max_time) or None) if self.max_time else None
         object.__setattr__(self, "_max_seconds", seconds)
 
@@ -91,6 +105,23 @@ class Rule:
     def pins_image(self) -> bool:
         return self.images is not None
 
+    def default_name(self, option: str) -> str | None:
+        """`partition`, `account` or `qos` for a pod that names none: the default, else with
+        an allow-list the first entry (unless it is a glob), so a profile cannot pick another."""
+        value: str | None = getattr(self.defaults, option)
+        if value is None and option in self._pins:  # type: ignore[attr-defined]
+            first = self._pins[option][1][0]  # type: ignore[attr-defined]
+            value = None if any(c in first for c in "*?[") else first
+        return value
+
+    def limits_nodes(self) -> bool:
+        """Node counts matter: they bound nodes, and GPUs per node multiply by them."""
+        return self.max_nodes is not None or self.max_gpus is not None
+
+    def constrains_scripts(self) -> bool:
+        """Whether a verbatim script's directives must be read to hold this rule."""
+        return bool(self._pins) or self.max_time is not None or self.limits_nodes()  # type: ignore[attr-defined]
+
     def check(self, spec: JobSpec, backend: str) -> None:
         """Raise AdmissionDenied(403) naming this rule for the first violation."""
         profiles = self._profiles  # type: ignore[attr-defined]
@@ -101,6 +132,9 @@ class Rule:
             if not self.allow_scripts:
                 self._deny(f"{PREFIX}script is not allowed (allowScripts: false); "
                            "remove it so the webhook renders the script")
+            if self.constrains_scripts():
+                self._check_script(spec.script)
+            return  # the script's own directives are the job's request, not the annotations
         else:
             if self.runtimes is not None and spec.runtime not in self.runtimes:
                 self._deny(f"{PREFIX}runtime {quote(spec.runtime)} is not allowed; "
@@ -119,37 +153,104 @@ class Rule:
             self._deny(f"{PREFIX}time {quote(shown)} exceeds the maximum {self.max_time}")
         if self.max_nodes is not None and (spec.resources.nodes or 1) > self.max_nodes:
             self._deny(f"{PREFIX}nodes {spec.resources.nodes} exceeds the maximum {self.max_nodes}")
-        if self.max_gpus is not None:
-            gpus = count_gpus(spec)
-            if gpus > self.max_gpus:
-                self._deny(f"the job asks for {gpus} GPUs (gpus/GPU limits × nodes, "
-                           f"--gpus-per-node, --gpus-per-task); the maximum is {self.max_gpus}")
+        res = spec.resources
+        for option, value in (("partition", res.queue), ("account", res.account),
+                              ("qos", res.qos)):
+            self._check_name(option, value, f"{PREFIX}{option}")
+        if self.limits_nodes():
+            self._check_counts([rendered_component(spec)], "the job")
 
-    def _deny(self, message: str) -> None:
+    def _check_name(self, option: str, value: str | None, where: str) -> None:
+        """An allow-listed partition/account/qos: every comma-separated name must match."""
+        pin = self._pins.get(option)  # type: ignore[attr-defined]
+        if pin is None:
+            return
+        globs, allowed = pin
+        if value is None:
+            self._deny(f"{where} sets no --{option}; under this rule it must be one of: "
+                       f"{', '.join(allowed)}")
+        for name in str(value).split(","):
+            if not globs.fullmatch(name):
+                self._deny(f"{where}: {option} {name!r} is not allowed; allowed: "
+                           f"{', '.join(allowed)}")
+
+    def _check_script(self, script: str) -> None:
+        """A verbatim script, read as sbatch reads it: every component within the limits,
+        the sums of nodes and GPUs too."""
+        try:
+            components = script_components(script)
+        except ScriptError as exc:
+            self._deny(f"{exc.message}; under this rule every #SBATCH line must be one the "
+                       "policy check can read")
+        for component in components:
+            where = f"{PREFIX}script"
+            if self.max_time is not None:
+                directive = component.last("time")
+                if directive is None:
+                    self._deny(f"{where} sets no --time; under this rule add "
+                               f"#SBATCH --time=… (at most {self.max_time})")
+                self._check_time(directive)
+            for option in self._pins:  # type: ignore[attr-defined]
+                directive = component.last(option)
+                if directive is None:
+                    self._check_name(option, None, where)
+                else:
+                    self._check_name(option, directive.value, directive.source)
+        if self.limits_nodes():
+            self._check_counts(components, f"{PREFIX}script")
+
+    def _check_time(self, directive: Directive) -> None:
+        try:
+            seconds = time_limit(directive)
+        except ScriptError as exc:
+            self._deny(exc.message)
+        max_seconds = self._max_seconds  # type: ignore[attr-defined]
+        if seconds == 0 or (max_seconds is not None and seconds > max_seconds):
+            self._deny(f"{directive.source}: {directive.describe()} exceeds the maximum "
+                       f"{self.max_time}")
+
+    def _check_counts(self, components: list[Component], what: str) -> None:
+        try:
+            measures = [measure(c, default_nodes=None if what.endswith("script") else 1)
+                        for c in components]
+        except ScriptError as exc:
+            self._deny(exc.message)
+        nodes = sum(m.nodes for m in measures)
+        gpus = sum(m.gpus for m in measures)
+        if self.max_nodes is not None and nodes > self.max_nodes:
+            sources = _sources(s for m in measures for s in m.node_sources)
+            self._deny(f"{what} asks for {nodes} nodes{sources}; the maximum is {self.max_nodes}")
+        if self.max_gpus is not None and gpus > self.max_gpus:
+            sources = _sources(s for m in measures for s in m.gpu_sources)
+            self._deny(f"{what} asks for {gpus} GPUs{sources}; the maximum is {self.max_gpus}")
+
+    def _deny(self, message: str) -> NoReturn:
         raise AdmissionDenied(f"policy rule {quote(self.name)}: {message}", 403)
 
 
-def count_gpus(spec: JobSpec) -> int:
-    """GPUs a job can hold in total: gres and per-node counts are per node (SLURM)."""
+def rendered_component(spec: JobSpec) -> Component:
+    """The options the connector renders for a job, labelled with where each came from."""
     res = spec.resources
-    nodes, tasks = res.nodes or 1, res.tasks or 1
-    total = (res.gpus or 0) * nodes
-    for arg in res.extra_args:
-        option, _, value = arg.partition("=")
-        if option == "--gpus-per-node":
-            total += _count(value) * nodes
-        elif option == "--gpus-per-task":
-            total += _count(value) * tasks
-    return total
+    directives = []
+    for name, value, where in (
+        ("nodes", res.nodes, f"{PREFIX}nodes"),
+        ("ntasks", res.tasks, f"{PREFIX}ntasks"),
+        ("gres", f"gpu:{res.gpus}" if res.gpus else None, f"{PREFIX}gpus (or GPU limits)"),
+    ):
+        if value is not None:
+            directives.append(Directive(name, str(value), where))
+    extra = argument_components(res.extra_args, f"{PREFIX}sbatch-args")
+    return Component(directives + extra.directives)
 
 
-def _count(value: str) -> int:
-    """`2`, `a100:2`, `a100:2,v100:1` → 2, 2, 3."""
-    total = 0
-    for part in value.split(","):
-        match = _TRAILING_INT.search(part)
-        total += int(match.group(1)) if match else 1
-    return total
+def _sources(directives: Iterable[Directive]) -> str:
+    """` (from …)`: the options a count came from, each once."""
+    seen: dict[str, None] = {}
+    for directive in directives:
+        seen.setdefault(f"{directive.describe()} in {directive.source}"
+                        if not directive.source.endswith(directive.describe() + "'")
+                        else directive.source, None)
+    return f" (from {'; '.join(seen)})" if seen else ""
 
 
 @dataclass(frozen=True)
@@ -209,7 +310,7 @@ class Policy:
 
 
 _RULE_KEYS = {"name", "namespaces", "profiles", "runtimes", "images", "max_time", "max_gpus",
-              "max_nodes", "allow_scripts", "defaults"}
+              "max_nodes", "allow_scripts", "defaults", "partitions", "accounts", "qos"}
 
 
 def _rule(item: Any, index: int) -> Rule:
@@ -229,6 +330,13 @@ def _rule(item: Any, index: int) -> Rule:
         if runtimes and defaults.runtime and defaults.runtime not in runtimes:
             raise PolicyError(f"{where}: defaults.runtime {defaults.runtime!r} is not in runtimes")
         max_time = _time_text(data.get("max_time"), f"{where}: maxTime")
+        pins = {key: _strings(data.get(key), f"{where}: {key}")
+                for key in ("partitions", "accounts", "qos")}
+        for key, option in (("partitions", "partition"), ("accounts", "account"),
+                            ("qos", "qos")):
+            default = getattr(defaults, option)
+            if pins[key] and default and not _globs(pins[key]).fullmatch(default):
+                raise PolicyError(f"{where}: defaults.{option} {default!r} is not in {key}")
         return Rule(
             name=name,
             namespaces=_strings(data.get("namespaces"), f"{where}: namespaces") or ("*",),
@@ -240,6 +348,7 @@ def _rule(item: Any, index: int) -> Rule:
             max_nodes=_limit(data.get("max_nodes"), f"{where}: maxNodes"),
             allow_scripts=_bool(data.get("allow_scripts", True), f"{where}: allowScripts"),
             defaults=defaults,
+            **pins,
         )
     except SpecError as exc:
         raise PolicyError(exc.message) from None
@@ -287,10 +396,15 @@ def _time_text(value: Any, where: str) -> str | None:
 
 
 def _strings(value: Any, where: str) -> tuple[str, ...] | None:
+    """A list of names or globs. An empty list is refused: read as "none" it would lock a rule
+    shut, and code reading it as "unset" opened it to everything (issue 12, item 9)."""
     if value is None:
         return None
     if isinstance(value, str):
         value = [value]
+    if isinstance(value, list) and not value:
+        raise PolicyError(f"{where}: an empty list is not allowed; omit the key to allow any, "
+                          "or list what is allowed")
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise PolicyError(f"{where}: must be a list of non-empty strings")
     return tuple(value)
