@@ -36,11 +36,15 @@ INIT_CLUSTER = Path("/usr/share/gridengine/scripts/init_cluster")
 DEFAULT_BOOTSTRAP = Path("/usr/share/gridengine/default-bootstrap")
 
 # global configuration (sge_conf(5)): accounting written as soon as a job ends, so `qacct`
-# answers right after the job leaves `qstat`; execd reports load every 10 s instead of 40
+# answers right after the job leaves `qstat`; execd reports load every 10 s instead of 40;
+# root may run jobs (min_uid 0), as it may in the testbed's SLURM: the `sge-local` tests run
+# the connector as root, like `slurm-local`'s
 GLOBAL_CONF = {
     "reporting_params": "accounting=true reporting=false flush_time=00:00:01 joblog=false "
                         "sharelog=00:00:00 accounting_flush_time=00:00:00",
     "load_report_time": "00:00:10",
+    "min_uid": "0",
+    "min_gid": "0",
 }
 # scheduler (sched_conf(5)): a run every second and right after each submit and job end;
 # no load adjustment, so back-to-back jobs on the 2-core host do not wait for load to decay
@@ -270,10 +274,12 @@ qsort_args NONE
 """
 
 
-def configure_master() -> None:
-    """Global and scheduler settings, this host as submit host, the parallel environment."""
+def configure_master() -> bool:
+    """Global and scheduler settings, this host as submit host, the parallel environment.
+    True if the global configuration changed (a running execd keeps the one it started with)."""
     current = parse_conf(qcmd("qconf", "-sconf", "global").stdout)
-    if _differs(current, GLOBAL_CONF):
+    changed = _differs(current, GLOBAL_CONF)
+    if changed:
         _apply("-Mconf", {**current, **GLOBAL_CONF}, file_name="global")
         log.info("gridengine: global configuration updated")
     current = parse_conf(qcmd("qconf", "-ssconf").stdout)
@@ -286,6 +292,7 @@ def configure_master() -> None:
     pe = layout.SGE_PE
     _ensure_object("pe", pe, {"pe_name": pe, "slots": str(slots())},
                    PE_TEMPLATE.format(name=pe))
+    return changed
 
 
 def configure_queue() -> None:
@@ -328,7 +335,7 @@ def wait_queue_usable(timeout: float = 60.0) -> None:
         time.sleep(0.2)
     raise DaemonError(f"queue {layout.SGE_QUEUE}@{host_name()} not usable after {timeout:.0f} s "
                       f"(state {state!r}); read {qmaster_messages()} and "
-                      f"/var/spool/gridengine/execd/{host_name()}/messages")
+                      "/var/spool/gridengine/execd/*/messages")
 
 
 def job_ids() -> set[int]:
