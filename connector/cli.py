@@ -22,7 +22,7 @@ import click
 
 from connector.backends import backend_class
 from connector.errors import ConnectorError, InternalError, ProfileError, SpecError
-from connector.lifecycle import DEFAULT_TAIL_INTERVAL, Connector, Timing, read_pod_info
+from connector.lifecycle import DEFAULT_SUBMIT_TIMEOUT, DEFAULT_TAIL_INTERVAL, Connector, Timing, read_pod_info
 from connector.outcome import termination_path
 from connector.profile import Profile, load_profile_dir, profile_from_values
 from connector.spec import DEFAULT_POLL_INTERVAL, JobSpec, PodRef, parse_duration
@@ -66,7 +66,12 @@ def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
         tail = float(profile.setting("tail_interval", DEFAULT_TAIL_INTERVAL))
     except (TypeError, ValueError):
         raise ProfileError(f"tail_interval {profile.setting('tail_interval')!r} is not seconds") from None
-    connector = Connector(spec, backend, StateStore(state_dir), Timing.for_period(period, tail),
+    try:
+        submit_timeout = parse_duration(profile.setting("submit_timeout", DEFAULT_SUBMIT_TIMEOUT),
+                                        "submit_timeout")
+    except SpecError as exc:
+        raise ProfileError(exc.message) from None
+    connector = Connector(spec, backend, StateStore(state_dir), Timing.for_period(period, tail, submit_timeout),
                           sys.stdout.buffer, termination_log, err=sys.stderr.buffer)
     connector.install_signal_handlers()
     return connector.run()

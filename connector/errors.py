@@ -35,6 +35,22 @@ class HostKeyError(ConnectorError):
     reason = "HostKeyRejected"
 
 
+class AuthError(ConnectorError):
+    """The HPC side refused our credential (key, token, proxy): retrying cannot help until the
+    profile's Secret changes, so a submission ends at once (a running job is still followed:
+    the credential is re-read at every reconnect)."""
+
+    exit_code = 77  # EX_NOPERM
+    reason = "AuthenticationRefused"
+
+
+class UnreachableError(ConnectorError):
+    """The HPC side stayed unreachable for the profile's `submit_timeout`: nothing submitted."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+    reason = "HPCUnreachable"
+
+
 class TransientError(ConnectorError):
     """A fault that may pass (network, daemon restart): retried with backoff."""
 

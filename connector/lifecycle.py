@@ -16,14 +16,15 @@ import signal
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from connector import outcome as outcomes
 from connector.backends.base import Backend, Capability, JobRequest, JobState, JobStatus
-from connector.errors import ConnectorError, SpecError, TransientError
+from connector.errors import AuthError, ConnectorError, SpecError, TransientError, UnreachableError
 from connector.spec import DEFAULT_POLL_INTERVAL, JobSpec
 from connector.staging import stage_in, stage_out
 from connector.state import JobRecord, StateStore
@@ -44,6 +45,8 @@ CANCEL_TIMEOUT = 60.0
 # is the load two separate reads every 0.5 s used to put on sshd, for half the delay.
 DEFAULT_TAIL_INTERVAL = 0.25
 MAX_BACKOFF = 30.0
+DEFAULT_SUBMIT_TIMEOUT = 600.0  # profile `submit_timeout`: then the pod ends "unreachable"
+TAIL_LINES = 10  # of the job's stderr kept for the termination message
 
 
 def job_environment(spec: JobSpec, environ: Mapping[str, str]) -> dict[str, str]:
@@ -76,12 +79,14 @@ class Timing:
     period: float = DEFAULT_POLL_INTERVAL
     tick: float = DEFAULT_TAIL_INTERVAL
     fast: float = 0.2  # while an end is imminent or a cancel is waiting
+    submit_timeout: float = DEFAULT_SUBMIT_TIMEOUT  # transient faults before anything runs
 
     @classmethod
-    def for_period(cls, period: float, tail_interval: float = DEFAULT_TAIL_INTERVAL) -> Timing:
+    def for_period(cls, period: float, tail_interval: float = DEFAULT_TAIL_INTERVAL,
+                   submit_timeout: float = DEFAULT_SUBMIT_TIMEOUT) -> Timing:
         """`tail_interval` (profile): how often output and the end marker are read; each tick
         is one request to the login node's sshd, none to slurmctld."""
-        return cls(period=period, tick=min(max(tail_interval, 0.1), period))
+        return cls(period=period, tick=min(max(tail_interval, 0.1), period), submit_timeout=submit_timeout)
 
 
 class Connector:
@@ -113,6 +118,7 @@ class Connector:
         self._outage_since: float | None = None
         self._backoff = 1.0
         self.polls = 0
+        self.stderr_tail: deque[bytes] = deque(maxlen=TAIL_LINES)
         caps = backend.capabilities
         self.logs = spec.logs  # what this backend lets us do of it
         if self.logs == "stream" and Capability.STREAM_OUTPUT not in caps:
@@ -149,6 +155,9 @@ class Connector:
             stats = " ".join(f"{k}={v}" for k, v in self.backend.stats().items())
             log.debug("stats: %s polls=%d", stats, self.polls)
             self.backend.close()
+        if self.stderr_tail and not result.stderr_tail:
+            tail = b"".join(self.stderr_tail).decode("utf-8", "replace")
+            result = replace(result, stderr_tail=tail)
         result.write(self.termination_log)
         log.info("exit %d (%s): %s", result.exit_code, result.reason, result.message)
         return outcomes.exit_code_for(result)
@@ -157,7 +166,8 @@ class Connector:
         if (self.spec.stage_in or self.spec.stage_out) and Capability.FILES not in self.backend.capabilities:
             raise SpecError(f"stage-in/stage-out: backend {self.backend.type_name} cannot copy files; "
                             "use a backend with file access (e.g. slurm-ssh) or remove the staging")
-        record = self._retry(self._attach_or_submit, "submitting")
+        record = self._retry(self._attach_or_submit, "submitting",
+                             deadline=time.monotonic() + self.timing.submit_timeout)
         if record is None:  # stopped before anything was submitted
             assert self.signum is not None
             return outcomes.interrupted(self.signum, None, cancelled=False)
@@ -176,29 +186,35 @@ class Connector:
             log.info("backend %s cannot read a job's output from here; it is at %s on the HPC side",
                      self.backend.type_name, where)
 
-    def _request(self) -> JobRequest:
-        return JobRequest(self.spec, self._job_dir(), job_environment(self.spec, self.environ))
+    def _request(self, run: int = 0) -> JobRequest:
+        return JobRequest(self.spec, self._job_dir(run), job_environment(self.spec, self.environ), run)
 
     def _attach_or_submit(self) -> JobRecord | None:
         saved = self.state.load()
-        if saved is not None:
+        run = 0
+        if saved is not None and not saved.ended:
             log.info("reattaching to HPC job %s (state file)", saved.job_id)
             return saved
-        request = self._request()
+        if saved is not None:  # the container restarted after its job ended: run it again
+            run = saved.run + 1
+            log.info("HPC job %s ended before this restart: submitting run %d as a new job",
+                     saved.job_id, run + 1)
+        request = self._request(run)
         if self.spec.pod.uid:
             found = self.backend.find(request)
             if found is not None:
                 log.info("reattaching to HPC job %s (found by its tag %s)", found.job_id, request.tag)
-                record = JobRecord.of(found, self.backend.type_name)
+                record = JobRecord.of(found, self.backend.type_name, run)
                 self.state.save(record)
                 return record
         if self.signum is not None:
             return None
         return self._submit(request)
 
-    def _job_dir(self) -> str:
+    def _job_dir(self, run: int = 0) -> str:
         suffix = self.spec.pod.uid or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        return f"{self.backend.workdir()}/hpco-{suffix}"
+        again = f"-r{run}" if run else ""
+        return f"{self.backend.workdir()}/hpco-{suffix}{again}"
 
     def _submit(self, request: JobRequest) -> JobRecord:
         started = time.monotonic()
@@ -207,7 +223,7 @@ class Connector:
             files.mkdir(request.job_dir, 0o700)
             stage_in(files, self.spec.stage_in, request.job_dir)
         handle = self.backend.submit(request)
-        record = JobRecord.of(handle, self.backend.type_name)
+        record = JobRecord.of(handle, self.backend.type_name, request.run)
         self.state.save(record)
         log.info("submitted HPC job %s (%s, %.2fs) in %s", handle.job_id, self.backend.type_name,
                  time.monotonic() - started, handle.job_dir)
@@ -238,6 +254,8 @@ class Connector:
             if due:
                 status = self._safe(lambda: self.backend.status(self.record.job_id))  # type: ignore[union-attr]
                 last_query = now
+                if status is not None and status.state is JobState.UNKNOWN:
+                    status = self._resolve_lost(status)
                 if status is not None:
                     self.polls += 1
                     self._report(last_status, status)
@@ -251,9 +269,24 @@ class Connector:
             wait = self.timing.fast if now < imminent_until else self.timing.tick
             self._sleep(wait if ticking else self.timing.period)
 
+    def _resolve_lost(self, status: JobStatus) -> JobStatus:
+        """A job the manager no longer knows (aged out during a long outage): its end marker,
+        where a rendered script left one, still tells how it ended."""
+        if Capability.STREAM_OUTPUT not in self.backend.capabilities or self.spec.script is not None:
+            return status
+        assert self.record is not None
+        marker = self._safe(lambda: self.backend.progress(self.record.handle, None, None, True))  # type: ignore[union-attr]
+        if marker is None or marker.exit_status is None:
+            return status
+        log.info("HPC job %s is no longer known to the scheduler; its end marker says exit %d",
+                 status.job_id, marker.exit_status)
+        return _completed(status, marker.exit_status)
+
     def _report(self, previous: JobStatus | None, status: JobStatus) -> None:
         same_state = previous is not None and previous.state == status.state
-        if same_state and (status.state is not JobState.PENDING or previous.reason == status.reason):  # type: ignore[union-attr]
+        if same_state and (status.state is not JobState.PENDING or (
+                previous.reason == status.reason  # type: ignore[union-attr]
+                and previous.queue_position == status.queue_position)):  # type: ignore[union-attr]
             return
         if status.state is JobState.PENDING:
             where = f", position {status.queue_position} in queue" if status.queue_position else ""
@@ -275,6 +308,8 @@ class Connector:
             self._retry(lambda: stage_out(self.backend.files(), self.spec.stage_out,
                                           self.record.job_dir), "staging out")  # type: ignore[union-attr]
         self._safe(lambda: self.backend.cleanup(self.record.handle))  # type: ignore[union-attr]
+        self.record.ended = True  # a restarted container runs the command again
+        self.state.save(self.record)
         return outcomes.outcome_of(status)
 
     def _cancel(self) -> outcomes.Outcome:
@@ -370,6 +405,8 @@ class Connector:
         else:
             self.record.err_offset += count
         self.state.save(self.record)
+        if stream == "stderr":
+            self.stderr_tail.extend(line[-300:] for line in data.splitlines(keepends=True))
         sink = self.out if stream == "stdout" or self.err is None else self.err
         sink.write(data)
         sink.flush()
@@ -386,7 +423,7 @@ class Connector:
         """One attempt; a transient fault is logged once per outage and backs off."""
         try:
             value = action()
-        except TransientError as exc:
+        except (TransientError, AuthError) as exc:  # a running job is followed through both
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
                 log.warning("lost contact with the HPC side: %s; retrying", exc.message)
@@ -400,12 +437,17 @@ class Connector:
             self._backoff = 1.0
         return value
 
-    def _retry(self, action: Callable[[], T], what: str) -> T:
-        """Retry until it works or a signal arrives (then the caller sees the signal)."""
+    def _retry(self, action: Callable[[], T], what: str, deadline: float | None = None) -> T:
+        """Retry until it works, a signal arrives (then the caller sees the signal) or the
+        deadline passes (then the HPC side is reported unreachable, with the last error)."""
         while True:
             try:
                 value = action()
             except TransientError as exc:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise UnreachableError(
+                        f"{what}: the HPC side stayed unreachable for {self.timing.submit_timeout:.0f}s "
+                        f"(profile submit_timeout); last error: {exc.message}") from None
                 log.warning("%s failed: %s; retrying in %.0fs", what, exc.message, self._backoff)
                 self._sleep(self._backoff)
                 self._backoff = min(self._backoff * 2, MAX_BACKOFF)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from connector.backends.base import JobState, JobStatus
 
+TAIL_CHARS = 1500  # of the job's stderr in the termination message
 STATE_CODES = {
     JobState.OUT_OF_MEMORY: 137,
     JobState.TIMEOUT: 201,
@@ -55,9 +56,11 @@ class Outcome:
     message: str
     job_id: str | None = None
     state: str | None = None
+    stderr_tail: str = ""  # the job's last stderr lines: why it failed, where users look
 
     def termination_message(self) -> str:
-        """JSON for the pod's termination message (Kubernetes keeps up to 4 KiB)."""
+        """JSON for the pod's termination message (Kubernetes keeps up to 4 KiB: the message
+        and the stderr tail are cut so the whole stays well inside)."""
         data = {
             "jobId": self.job_id,
             "state": self.state,
@@ -65,6 +68,8 @@ class Outcome:
             "reason": self.reason,
             "message": self.message[:1000],
         }
+        if self.stderr_tail:
+            data["stderrTail"] = self.stderr_tail[-TAIL_CHARS:]
         return json.dumps(data, sort_keys=True)
 
     def write(self, path: str | None) -> None:

@@ -21,10 +21,13 @@ class JobRecord:
     err_offset: int = 0  # bytes of the job's stderr printed
     stdout: str = ""  # where the job's stdout goes on the HPC side ("" : the rendered default)
     stderr: str | None = ""  # where its stderr goes; None: into stdout's file
+    run: int = 0  # 0 first; one more for each restart of the container after an end
+    ended: bool = False  # the job ended and its end was reported
 
     @classmethod
-    def of(cls, handle: JobHandle, backend: str) -> JobRecord:
-        return cls(handle.job_id, handle.job_dir, backend, stdout=handle.stdout, stderr=handle.stderr)
+    def of(cls, handle: JobHandle, backend: str, run: int = 0) -> JobRecord:
+        return cls(handle.job_id, handle.job_dir, backend, stdout=handle.stdout, stderr=handle.stderr,
+                   run=run)
 
     @property
     def handle(self) -> JobHandle:

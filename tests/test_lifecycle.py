@@ -19,6 +19,7 @@ import pytest
 
 from connector import lifecycle
 from connector.backends.base import Capability, JobState
+from connector.errors import AuthError, TransientError
 from connector.lifecycle import Connector, Timing
 from connector.spec import JobSpec
 from connector.state import StateStore
@@ -37,10 +38,11 @@ class Run:
     """A connector running in a thread, with its stdout/stderr captured."""
 
     def __init__(self, backend: FakeBackend, state_dir: Path, job: JobSpec | None = None,
-                 environ: dict | None = None) -> None:
+                 environ: dict | None = None, timing: Timing = FAST) -> None:
         self.out, self.err = io.BytesIO(), io.BytesIO()
+        state_dir.mkdir(parents=True, exist_ok=True)
         self.termination = state_dir / "termination-log"
-        self.connector = Connector(job or spec(), backend, StateStore(state_dir), FAST, self.out,
+        self.connector = Connector(job or spec(), backend, StateStore(state_dir), timing, self.out,
                                    str(self.termination), environ=environ or {}, err=self.err)
         self.code: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -262,3 +264,89 @@ def test_only_shell_variable_names_are_forwarded_and_values_never_logged(tmp_pat
     backend.end(job, JobState.COMPLETED, 0)
     assert run.wait() == 0
     assert "'db-password'" in caplog.text and "s3cret-value" not in caplog.text
+
+
+def test_an_unreachable_site_ends_the_pod_after_submit_timeout(tmp_path):
+    """Issue 13 item 4: no more "retrying in 30s" for ever; the last error is in the message."""
+    backend = FakeBackend()
+    backend.submit_error = TransientError("Connection refused")
+    timing = Timing(period=0.05, tick=0.01, fast=0.01, submit_timeout=1.5)
+    run = Run(backend, tmp_path, timing=timing)
+    assert run.wait(timeout=30) == 69
+    assert run.report["reason"] == "HPCUnreachable"
+    assert "submit_timeout" in run.report["message"] and "Connection refused" in run.report["message"]
+
+
+def test_a_refused_credential_ends_the_submission_at_once(tmp_path):
+    backend = FakeBackend()
+    backend.submit_error = AuthError("SSH authentication as u@h:22 failed (key not accepted)")
+    run = Run(backend, tmp_path)
+    assert run.wait(timeout=5) == 77
+    assert run.report["reason"] == "AuthenticationRefused"
+
+
+def test_the_termination_message_carries_the_tail_of_the_jobs_stderr(tmp_path):
+    backend = FakeBackend()
+    run = Run(backend, tmp_path)
+    job = backend.job()
+    job.state = JobState.RUNNING
+    noise = b"".join(b"progress %d\n" % i for i in range(100))
+    backend.write(job, stderr=noise + b"Traceback: FileNotFoundError: input.csv\n")
+    backend.end(job, JobState.FAILED, 1)
+    assert run.wait() == 1
+    tail = run.report["stderrTail"]
+    assert tail.endswith("FileNotFoundError: input.csv\n") and "progress 99" in tail
+    assert "progress 0\n" not in tail
+    assert len(run.termination.read_bytes()) < 4096
+
+
+def test_a_restart_after_the_end_runs_the_command_again_as_a_new_job(tmp_path):
+    """Issue 13 item 6: restartPolicy OnFailure means a new run, not the old result again."""
+    backend = FakeBackend()
+    first = Run(backend, tmp_path)
+    job = backend.job()
+    backend.end(job, JobState.FAILED, 3)
+    assert first.wait() == 3
+    second = Run(backend, tmp_path)
+    until(lambda: len(backend.jobs) == 2)
+    new = [j for j in backend.jobs.values() if j is not job][0]
+    assert new.request.job_dir == f"/hpc/work/hpco-{UID}-r1" and new.request.tag == f"hpco-{UID}-r1"
+    backend.end(new, JobState.COMPLETED, 0)
+    assert second.wait() == 0
+    assert backend.submits == 2
+
+
+def test_a_job_the_manager_forgot_is_resolved_from_its_end_marker(tmp_path):
+    """Issue 13 item 5: a job aged out of the scheduler during an outage is not "lost" when
+    its script left its exit status."""
+    backend = FakeBackend()
+    run = Run(backend, tmp_path)
+    job = backend.job()
+    with backend.lock:
+        job.state, job.marker = JobState.UNKNOWN, 4
+    assert run.wait() == 4
+
+
+def test_a_job_lost_without_a_marker_says_so(tmp_path):
+    backend = FakeBackend()
+    run = Run(backend, tmp_path)
+    job = backend.job()
+    with backend.lock:
+        job.state = JobState.UNKNOWN
+    assert run.wait() == 207
+    assert run.report["reason"] == "HPCJobLost"
+
+
+def test_pending_reason_and_position_changes_are_logged(tmp_path, connector_log):
+    backend = FakeBackend()
+    run = Run(backend, tmp_path)
+    job = backend.job()
+    with backend.lock:
+        job.reason = "Priority"
+    until(lambda: "(Priority)" in connector_log.text)
+    with backend.lock:
+        job.reason, job.requeued = "JobHeldUser", True
+    until(lambda: "(JobHeldUser)" in connector_log.text)
+    assert "pending again (requeued)" in connector_log.text
+    backend.end(job, JobState.COMPLETED, 0)
+    assert run.wait() == 0

@@ -82,6 +82,7 @@ class JobRequest:
     spec: JobSpec
     job_dir: str
     env: Mapping[str, str] = field(default_factory=dict)
+    run: int = 0  # >0: the container restarted after its job ended; this is a new job
 
     @property
     def paths(self) -> JobPaths:
@@ -91,7 +92,7 @@ class JobRequest:
     def tag(self) -> str:
         """Names the job on the manager's side; carries the pod UID, so a restarted connector
         finds its job (`Backend.find`) instead of submitting twice."""
-        return self.spec.job_name
+        return f"{self.spec.job_name}-r{self.run}" if self.run else self.spec.job_name
 
 
 @dataclass(frozen=True)

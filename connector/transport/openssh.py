@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from connector.errors import HostKeyError, ProfileError, TransientError
+from connector.errors import AuthError, HostKeyError, ProfileError, TransientError
 from connector.transport.base import READ_LIMIT, CommandResult, Transport, log_reconnect
 from connector.transport.remote_shell import RemoteShell, ShellClosed
 from connector.transport.target import SSHTarget
@@ -107,7 +107,7 @@ class OpenSSHTransport(Transport):
             raise HostKeyError(f"host key of {self.target.host}:{self.target.port} does not match "
                                "known_hosts (or is not in it): refusing to connect")
         if "Permission denied" in err:
-            raise TransientError(f"SSH authentication as {self._where} failed (key not accepted)")
+            raise AuthError(f"SSH authentication as {self._where} failed (key not accepted)")
         last = err.strip().splitlines()[-1] if err.strip() else "no error text"
         raise TransientError(f"SSH to {self._where} failed: {last}")
 

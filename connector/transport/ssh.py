@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from connector.errors import HostKeyError, ProfileError, TransientError
+from connector.errors import AuthError, HostKeyError, ProfileError, TransientError
 from connector.transport.base import READ_LIMIT, CommandResult, Transport, log_reconnect
 from connector.transport.target import SSHTarget
 
@@ -98,7 +98,7 @@ class SSHTransport(Transport):
             ) from None
         except paramiko.AuthenticationException:
             client.close()
-            raise TransientError(f"SSH authentication as {where} failed (key not accepted)") from None
+            raise AuthError(f"SSH authentication as {where} failed (key not accepted)") from None
         except paramiko.SSHException as exc:
             client.close()
             if "not found in known_hosts" in str(exc):

@@ -90,6 +90,7 @@ class FakeBackend(Backend):
         self.cancel_requests = 0
         self.submits = 0
         self.faults = 0  # the next N status requests fail transiently
+        self.submit_error: Exception | None = None  # raised by every submit while set
         self.cancel_takes = 1  # status requests after a cancel until the job is CANCELLED (-1: never)
         self.fs = MemoryFiles()
         self.closed = False
@@ -122,6 +123,8 @@ class FakeBackend(Backend):
     # --- the contract -----------------------------------------------------------------------
 
     def submit(self, request: JobRequest) -> JobHandle:
+        if self.submit_error is not None:
+            raise self.submit_error
         with self.lock:
             self.submits += 1
             job_id = str(100 + len(self.jobs))
@@ -137,7 +140,7 @@ class FakeBackend(Backend):
             result = {}
             for job_id in job_ids:
                 job = self.jobs.get(job_id)
-                if job is None:
+                if job is None or job.state is JobState.UNKNOWN:
                     result[job_id] = JobStatus(job_id, JobState.UNKNOWN)
                     continue
                 if job.cancel_requested and not job.state.ended and self.cancel_takes >= 0:
