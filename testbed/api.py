@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import daemons, image, layout, munge, packages, rest, sge, slurm, sshd, users
 from . import listen as listen_mod
+from .rimrock import service as rimrock
 
 log = logging.getLogger("testbed")
 
@@ -94,6 +95,7 @@ def _specs(addresses: tuple[str, ...], conf: str, ssh_conf: str,
         sshd.daemon(addresses, ssh_conf),
         sge.qmaster_daemon(sge_conf),
         sge.execd_daemon(sge_conf),
+        rimrock.daemon(addresses),
     ]
 
 
@@ -126,6 +128,7 @@ def ensure_up(listen: Iterable[str] = (), forget_listen: bool = False) -> Info:
 
             conf = slurm.prepare()
             ssh_conf = sshd.prepare(addresses)
+            rimrock.prepare(addresses)
             specs = _specs(addresses, conf, ssh_conf)
             daemons.ensure(specs[1])  # slurmctld
             daemons.ensure(specs[2])  # slurmd
@@ -133,6 +136,7 @@ def ensure_up(listen: Iterable[str] = (), forget_listen: bool = False) -> Info:
             log.info("node %s: %s", slurm.node_name(), state.lower())
             daemons.ensure(specs[3])  # slurmrestd
             daemons.ensure(specs[4])  # sshd
+            daemons.ensure(rimrock.daemon(addresses))
             _ensure_sge(_specs(addresses, conf, ssh_conf, sge.prepare()))
     except (daemons.DaemonError, packages.PackageError, listen_mod.ListenError, OSError) as exc:
         raise TestbedError(str(exc)) from exc

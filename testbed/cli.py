@@ -40,8 +40,8 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Only print errors.")
 def testbed(quiet: bool) -> None:
     """A real single-node SLURM (munge, slurmctld, slurmd, slurmrestd) and Grid Engine
-    (sge_qmaster, sge_execd) plus an sshd and a test user, started directly with pid files
-    (no systemd) for demos and tests.
+    (sge_qmaster, sge_execd) plus an sshd, a test user and a Rimrock-compatible REST server
+    (the paper's backend), started directly with pid files (no systemd) for demos and tests.
 
     \b
     State (keys, SLURM state, logs, pid files): $HPC_OFFLOAD_TESTBED_DIR,
@@ -52,8 +52,8 @@ def testbed(quiet: bool) -> None:
 
 @testbed.command()
 @click.option("--listen", "listen_on", multiple=True, metavar="ADDR",
-              help="Also serve sshd and slurmrestd on ADDR (repeatable; 127.0.0.1 always). "
-                   "Remembered for later runs while the address exists, e.g. 10.88.0.1 "
+              help="Also serve sshd, slurmrestd and rimrock on ADDR (repeatable; 127.0.0.1 "
+                   "always). Remembered for later runs while the address exists, e.g. 10.88.0.1 "
                    "so pods of the e2e cluster reach the testbed.")
 @click.option("--forget-listen", is_flag=True,
               help="Drop the addresses remembered from earlier runs (127.0.0.1 stays).")
@@ -65,9 +65,10 @@ def up(listen_on: tuple[str, ...], forget_listen: bool) -> None:
     charliecloud debootstrap gridengine-master gridengine-exec gridengine-client with
     apt-get if missing, creates user hpcuser, writes /etc/slurm/slurm.conf, starts munged,
     slurmctld, slurmd, slurmrestd (:6820), sshd (:2222), sge_qmaster (:6444) and sge_execd
-    (:6445) with queue all.q and parallel environment smp, and returns once both take
-    jobs. About a second when already up; recovers from stale pid files; restarts a
-    daemon whose settings changed.
+    (:6445) with queue all.q and parallel environment smp, and rimrock (:6830: Rimrock's
+    /api/jobs in front of SLURM over SSH, proxies from the testbed's own grid CA), and
+    returns once all take requests. About a second when already up; recovers from stale
+    pid files; restarts a daemon whose settings (or, for rimrock, code) changed.
     """
     try:
         i = api.ensure_up(listen=listen_on, forget_listen=forget_listen)

@@ -25,9 +25,11 @@ TEST_USER = "hpcuser"
 TEST_HOME = Path("/home") / TEST_USER
 WORKDIR = TEST_HOME / "hpc-offload"
 REST_USER = "slurmrestd"  # slurmrestd refuses to run as root or as SlurmUser
+RIMROCK_USER = "rimrock"  # the Rimrock-compatible server (testbed/rimrock)
 
 SSH_PORT = 2222
 REST_PORT = 6820
+RIMROCK_PORT = 6830
 SLURMCTLD_PORT = 6817
 SLURMD_PORT = 6818
 PARTITION = "debug"
