@@ -131,3 +131,27 @@ def test_stage_in_and_out(backend, profiles, run_connector, tmp_path):
     assert run.wait() == 0, run.log
     assert (results / "sum.txt").read_text().strip() == "10"
     assert "staged in" in run.log and "staged out" in run.log
+
+
+@pytest.mark.parametrize("backend", ["slurm-ssh-openssh", "slurm-local"])
+def test_a_verbatim_script_keeps_its_own_directives_and_output_files(backend, profiles, run_connector):
+    """Issue 13 item 1: the paper's script (`#SBATCH -J`, `--output`, `--error`) runs under its
+    own name and writes its own files; the pod still streams them and mirrors the exit code,
+    and the pod's env reaches it through sbatch --export-file (no value on any command line)."""
+    tag = uuid.uuid4().hex[:8]
+    script = ("#!/bin/bash\n"
+              f"#SBATCH -J gibi230-{tag}\n"
+              f'#SBATCH --output="gibi230_segmentation-{tag}.out"\n'
+              f"#SBATCH --error=gibi230_segmentation-{tag}.err\n"
+              'echo "segmenting with $GREETING"\n'
+              "echo 'a warning' >&2\n"
+              "exit 5\n")
+    run = run_connector({"script": script, "env": {"GREETING": "hello from the pod"}}, profiles[backend])
+    assert run.wait() == 5, run.log
+    assert "segmenting with hello from the pod\n" in run.stdout
+    assert "a warning\n" in run.stderr_lines
+    name = subprocess.run(["squeue", "-h", "--states=all", "-j", run.job_id, "-O", "Name:|,STDOUT:|"],
+                          capture_output=True, text=True, check=True).stdout.split("|")
+    assert name[0] == f"gibi230-{tag}"
+    assert name[1].endswith(f"/gibi230_segmentation-{tag}.out")
+    assert Path(name[1]).read_text() == "segmenting with hello from the pod\n"

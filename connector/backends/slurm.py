@@ -118,6 +118,8 @@ def _exit_code(text: str) -> tuple[int | None, int | None]:
 class SlurmBackend(ShellBackend):
     """What SLURM needs, independent of how its commands are reached."""
 
+    _no_accounting = False
+
     def render(self, request: JobRequest) -> str:
         """The batch script: `#SBATCH` lines for the resources, then the shared payload."""
         spec = request.spec
@@ -176,6 +178,9 @@ class SlurmBackend(ShellBackend):
 
     def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         found = {record["JobID"]: record for record in self._listing(job_ids)}
+        missing = [job_id for job_id in job_ids if job_id not in found]
+        if missing:  # aged out of the controller: the accounting database still knows
+            found.update(self._accounting(missing))
         pending = [job_id for job_id in job_ids
                    if job_id in found and found[job_id]["State"].startswith("PENDING")]
         order = self._pending_order() if pending else []
@@ -188,6 +193,26 @@ class SlurmBackend(ShellBackend):
             position = order.index(job_id) + 1 if job_id in order else None
             result[job_id] = status_from_listing(found[job_id], position)
         return result
+
+    def _accounting(self, job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """End states from `sacct` for jobs slurmctld forgot (one request; nothing where the
+        site runs without accounting, which is then not asked again)."""
+        if self._no_accounting:
+            return {}
+        argv = ["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={','.join(job_ids)}",
+                "--format=JobID,State,ExitCode,Reason,NodeList"]
+        self.scheduler_calls += 1
+        result = self.transport.run(argv)
+        if not result.ok:
+            self._no_accounting = "disabled" in result.stderr + result.stdout or result.returncode == 127
+            return {}
+        records = {}
+        for line in result.stdout.splitlines():
+            fields = line.split("|")
+            if len(fields) >= 5 and fields[0] in job_ids:
+                records[fields[0]] = {"JobID": fields[0], "State": fields[1], "exit_code": fields[2],
+                                      "Reason": fields[3], "BatchHost": fields[4], "RestartCnt": "0"}
+        return records
 
     def _pending_order(self) -> list[str]:
         """The pending queue in priority order (only asked while one of ours waits)."""
