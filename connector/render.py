@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from connector.errors import SpecError
@@ -80,8 +80,11 @@ def runtime_command(spec: JobSpec, env_names: Iterable[str], profile_image: str 
     image = hpc_image(spec, profile_image)
     command, args, workdir = list(spec.command), list(spec.args), spec.working_dir
     names = sorted(set(env_names))
+    gpus = bool(spec.resources.gpus)
     if runtime in ("singularity", "apptainer"):
         argv = [runtime, "exec" if command else "run"]
+        if gpus:
+            argv.append("--nv")  # the host's NVIDIA driver libraries and devices, inside
         if workdir:
             argv += ["--pwd", workdir]
         return [*argv, image, *command, *args]
@@ -92,6 +95,8 @@ def runtime_command(spec: JobSpec, env_names: Iterable[str], profile_image: str 
         return [*argv, image, "--", *command, *args]
     if runtime == "podman":
         argv = ["podman", "run", "--rm", "--network=host"]
+        if gpus:
+            argv.append("--device=nvidia.com/gpu=all")  # CDI: the GPUs the job was given
         for name in names:
             argv += ["--env", name]
         if workdir:
@@ -119,9 +124,11 @@ def payload_lines(
     env_names: Iterable[str] = (),
     profile_image: str | None = None,
     env_file: bool = False,
+    launcher: Sequence[str] = (),
 ) -> list[str]:
     """The script body every manager runs: (source and remove the env file,) run the
-    container's command in its runtime, leave its exit status beside the output."""
+    container's command in its runtime — once per task through the manager's `launcher`
+    (SLURM: srun) when it asks for several — and leave its exit status beside the output."""
     spec.check_runnable()
     runtime = spec.effective_runtime()
     who = f"{spec.pod.namespace}/{spec.pod.name}" if spec.pod.name else "a local run"
@@ -140,7 +147,7 @@ def payload_lines(
     if runtime == "none" and spec.working_dir:
         lines.append(f"cd {shlex.quote(spec.working_dir)} || exit 1")
     lines += [
-        shlex.join(runtime_command(spec, env_names, profile_image)),
+        shlex.join([*launcher, *runtime_command(spec, env_names, profile_image)]),
         "status=$?",
         f"printf '%s\\n' \"$status\" > {shlex.quote(paths.exit_status)}",
         'exit "$status"',

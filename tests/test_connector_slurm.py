@@ -155,3 +155,12 @@ def test_a_verbatim_script_keeps_its_own_directives_and_output_files(backend, pr
     assert name[0] == f"gibi230-{tag}"
     assert name[1].endswith(f"/gibi230_segmentation-{tag}.out")
     assert Path(name[1]).read_text() == "segmenting with hello from the pod\n"
+
+
+def test_several_tasks_run_the_payload_once_per_task_with_srun(profiles, run_connector):
+    """Issue 13 item 7: `ntasks=2` starts the command twice (MPI-style), inside one job."""
+    run = run_connector(bash_spec('echo "task $SLURM_PROCID of $SLURM_NTASKS on $(hostname)"',
+                                  resources={"tasks": 2}), profiles["slurm-local"])
+    assert run.wait() == 0, run.log
+    lines = sorted(line.split(" on ")[0] for line in run.stdout.splitlines() if line.startswith("task"))
+    assert lines == ["task 0 of 2", "task 1 of 2"]

@@ -3,8 +3,9 @@
 One `squeue` answers for every job of a session (state, reason, exit code, node, restarts,
 where its output goes), so following N jobs costs one slurmctld request per period; `scancel`
 takes them all at once. The job's environment reaches sbatch on a file descriptor
-(`--export-file=3`): no env file is ever written on the HPC side. Without accounting a finished
-job stays visible for MinJobAge seconds, long enough for the connector to read its end.
+(`--export-file=3`, after the login environment): no env file is ever written on the HPC
+side. Without accounting a finished job stays visible for MinJobAge seconds, long enough for
+the connector to read its end; with it, `sacct` answers for jobs slurmctld forgot.
 """
 
 from __future__ import annotations
@@ -126,7 +127,12 @@ class SlurmBackend(ShellBackend):
         if spec.script is not None:
             return spec.script
         directives = [f"#SBATCH {option}" for option in sbatch_options(spec.resources)]
-        body = payload_lines(spec, request.paths, request.env.keys(), self.profile.setting("image"))
+        res = spec.resources
+        several = (res.tasks or 1) > 1 or (res.nodes or 1) > 1
+        # once per task (MPI-style); enroot's own srun already is
+        launcher = ["srun", "--kill-on-bad-exit=1"] if several and spec.effective_runtime() != "enroot" else []
+        body = payload_lines(spec, request.paths, request.env.keys(), self.profile.setting("image"),
+                             launcher=launcher)
         return render_batch_script(directives, body)
 
     def identity_args(self, request: JobRequest) -> list[str]:
@@ -145,8 +151,10 @@ class SlurmBackend(ShellBackend):
         self.prepare_job_dir(paths.job_dir, paths.exit_status)
         self.transport.write_file(paths.script, script.encode(), 0o700)
         sbatch = shlex.join(["sbatch", "--parsable", *self.identity_args(request), paths.script])
-        # the environment arrives on stdin and sbatch reads it from fd 3: never a file, never argv
-        argv = ["sh", "-c", f"exec {sbatch} 3<&0"]
+        # The environment arrives on stdin and sbatch reads it from fd 3: never a file, never
+        # argv. --export-file replaces sbatch's own environment, so the login environment goes
+        # first (as sbatch's default --export=ALL would give it) and the pod's overrides it.
+        argv = ["sh", "-c", f"{{ env -0; cat; }} | {{ exec {sbatch} 3<&0 </dev/null; }}"]
         result = self.run_checked(argv, TRANSIENT, stdin=env_export_file(request.env))
         job_id = result.stdout.strip().split(";")[0]
         if not job_id.isdigit():

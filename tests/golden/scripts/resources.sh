@@ -12,7 +12,7 @@
 #SBATCH --exclusive
 # Rendered by hpc-offload for research/train-x7k2p; runtime: singularity.
 # Environment values reach this job from the scheduler, never from this file.
-singularity exec docker://python:3.11 python3 -V
+srun --kill-on-bad-exit=1 singularity exec --nv docker://python:3.11 python3 -V
 status=$?
 printf '%s\n' "$status" > /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/exit-status
 exit "$status"
