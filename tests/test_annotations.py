@@ -140,3 +140,4 @@ def test_random_value_for_each_key_names_the_key(key: str, value: str) -> None:
         parse_annotations({**B, PREFIX + key: value})
     except AdmissionDenied as exc:
         assert exc.message.startswith(PREFIX + key) or exc.message.startswith(PREFIX + "backend")
+        assert len(exc.message) < 2000

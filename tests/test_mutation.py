@@ -280,7 +280,8 @@ def test_connector_container_follows_the_contract() -> None:
                 "readinessProbe", "startupProbe"):
         assert key not in c
     assert c["image"] == "reg/c:2" and c["imagePullPolicy"] == "Always"
-    assert c["command"][:2] == ["hpc-connector", "run"]
+    assert c["command"][:5] == ["/opt/hpc-offload/bin/python3", "-I", "-m", "connector.cli",
+                                "run"]
     assert c["lifecycle"] == {"preStop": {"exec": {"command": ["/bin/sh", "-c", "kill -INT 1"]}}}
     assert c["securityContext"]["runAsUser"] == 500 and "privileged" not in c["securityContext"]
     assert c["ports"] == [{"containerPort": 1}]

@@ -114,7 +114,8 @@ def test_unannotated_and_non_create_are_allowed_untouched() -> None:
     pod = realistic_pod()
     del pod["metadata"]["annotations"]
     assert call(review(pod))[2] == "allowed_unchanged"
-    assert call(review(None, operation="UPDATE"))[2] == "allowed_unchanged"
+    assert call(review(None, operation="UPDATE", oldObject=realistic_pod()))[2] == \
+        "allowed_unchanged"
     assert call(review(None, operation="DELETE", object=None))[2] == "allowed_unchanged"
     assert call(review(None, subResource="ephemeralcontainers"))[2] == "allowed_unchanged"
 

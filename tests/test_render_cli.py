@@ -110,4 +110,4 @@ def test_misplaced_annotation_warns(tmp_path: Path) -> None:
 
 def test_mounted_as_hpc_offload_render() -> None:
     result = CliRunner().invoke(cli, ["render", "-f", str(GOLDEN / "plain-pod" / "input.yaml")])
-    assert result.exit_code == 0 and "hpc-connector" in result.stdout
+    assert result.exit_code == 0 and "connector.cli" in result.stdout

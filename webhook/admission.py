@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from webhook.annotations import PREFIX, AdmissionDenied
+from webhook.annotations import PREFIX, AdmissionDenied, shown_key
 from webhook.config import WebhookConfig
 from webhook.mutation import mutate
 from webhook.patch import make_patch
@@ -84,9 +84,17 @@ def _handle(body: bytes | str, config: WebhookConfig,
         return _bad_request(
             f"this webhook only admits pods, got {_describe(request)}; check the "
             "MutatingWebhookConfiguration's rules")
-    if request.get("subResource") or request.get("operation", "CREATE") != "CREATE":
+    operation = request.get("operation", "CREATE")
+    if request.get("subResource") or operation not in ("CREATE", "UPDATE"):
         return _allow(uid)
     pod = request.get("object")
+    if operation == "UPDATE":
+        changed = changed_annotations(pod, request.get("oldObject"))
+        if changed:
+            return _deny(uid, 403, f"{', '.join(changed)}: {PREFIX}* annotations cannot be "
+                         "changed after the pod is created (the connector reads them); "
+                         "delete the pod and create it again instead")
+        return _allow(uid)
     if not isinstance(pod, dict):
         return _bad_request("request.object: missing")
 
@@ -117,6 +125,24 @@ def _handle(body: bytes | str, config: WebhookConfig,
     encoded = base64.b64encode(orjson.dumps(patch)).decode()
     response = {"uid": uid, "allowed": True, "patchType": "JSONPatch", "patch": encoded}
     return ReviewResult(200, _review(response), "mutated")
+
+
+def _ours(obj: Any) -> dict[str, Any]:
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    if not isinstance(annotations, dict):
+        return {}
+    return {k: v for k, v in annotations.items() if isinstance(k, str) and k.startswith(PREFIX)}
+
+
+def changed_annotations(new: Any, old: Any) -> list[str]:
+    """`hpc.offload/*` keys an UPDATE adds, changes or removes, each described."""
+    before, after = _ours(old), _ours(new)
+    out = [f"{shown_key(key)} added" for key in after if key not in before]
+    out += [f"{shown_key(key)} changed" for key in after
+            if key in before and after[key] != before[key]]
+    out += [f"{shown_key(key)} removed" for key in before if key not in after]
+    return sorted(out)
 
 
 def _is_pod(request: Mapping[str, Any]) -> bool:

@@ -20,6 +20,7 @@ from connector.backends.slurm_options import parse_sbatch_args
 from connector.errors import SpecError
 from connector.spec import (
     LOG_MODES,
+    MAX_COUNT,
     RUNTIMES,
     StagePair,
     check_name,
@@ -44,12 +45,23 @@ INPUT_KEYS = (
 OUTPUT_KEYS = ("job-spec", "status")
 KNOWN_KEYS = INPUT_KEYS + OUTPUT_KEYS
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
-_GPUS = re.compile(r"^(?:([A-Za-z0-9_.-]+):)?(\d+)$")
-_IMAGE = re.compile(r"^[^\s\x00-\x1f\x7f'\"\\`$;&|<>]+$")
+# Patterns are used with fullmatch(): `$` would also accept a trailing newline.
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_GPUS = re.compile(r"(?:([A-Za-z0-9_.-]+):)?(\d+)")
+_IMAGE = re.compile(r"[^\s\x00-\x1f\x7f'\"\\`$;&|<>]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+# Size limits, checked before any parsing (a 2 MiB value must not be parsed, nor cached).
+# A script is carried twice by the mutated pod (here and in the job spec), and Kubernetes
+# allows 256 KiB of annotations in all: see check_annotations_size.
+MAX_SCRIPT_BYTES = 128 * 1024
+MAX_JOB_SPEC_BYTES = 256 * 1024
+MAX_VALUE_BYTES = 4096
+MAX_CACHED_BYTES = 8192  # a parse result is cached only for annotations this small
+MAX_ANNOTATIONS_BYTES = 256 * 1024  # Kubernetes' TotalAnnotationSizeLimitB
+MAX_POLL_INTERVAL = 3600.0
+MAX_QUOTED = 256  # characters of a value shown in a message
 
 
 class AdmissionDenied(Exception):
@@ -91,8 +103,19 @@ class Annotations:
 
 
 def quote(value: Any) -> str:
-    """A value as it appears in messages: JSON-quoted, so spaces and empties are visible."""
-    return json.dumps(value) if isinstance(value, str) else repr(value)
+    """A value as it appears in messages: JSON-quoted, so spaces, empties and control
+    characters are visible; cut short, so a huge value never makes a huge message."""
+    if isinstance(value, str):
+        cut = value if len(value) <= MAX_QUOTED else value[:MAX_QUOTED] + "…"
+        return json.dumps(cut, ensure_ascii=False)
+    text = repr(value)
+    return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED] + "…"
+
+
+def shown_key(key: str) -> str:
+    """An annotation key as it appears in messages: as written, unless it is long or holds
+    characters a terminal would act on."""
+    return key if len(key) <= 100 and key.isprintable() else quote(key)
 
 
 def denied(key: str, value: Any, allowed: str) -> AdmissionDenied:
@@ -103,7 +126,8 @@ def parse_annotations(annotations: Mapping[str, Any] | None) -> Annotations:
     """Parse and validate the `hpc.offload/*` keys; others are ignored.
 
     Raises AdmissionDenied(400) naming the first bad annotation. Results are cached by the
-    (small) tuple of our keys, since a Job's or Deployment's pods all carry the same ones.
+    tuple of our keys when it is small, since a Job's or Deployment's pods all carry the same
+    ones; a value over its size limit is refused before it is parsed.
     """
     if not annotations:
         return Annotations()
@@ -114,16 +138,45 @@ def parse_annotations(annotations: Mapping[str, Any] | None) -> Annotations:
         if isinstance(key, str) and key.startswith(PREFIX):
             if not isinstance(value, str):
                 raise AdmissionDenied(
-                    f"{key}: {value!r} must be a string; quote it in YAML ({quote(str(value))})"
-                )
+                    f"{shown_key(key)}: {quote(value)} must be a string; quote it in YAML "
+                    f"({quote(str(value))})")
+            _check_size(key, value)
             ours.append((key, value))
     if not ours:
         return Annotations()
-    return _parse(tuple(sorted(ours)))
+    items = tuple(sorted(ours))
+    if sum(len(k) + len(v) for k, v in items) <= MAX_CACHED_BYTES:
+        return _parse(items)
+    return _parse_items(items)
 
 
-@lru_cache(maxsize=512)
-def _parse(items: tuple[tuple[str, str], ...]) -> Annotations:
+def _check_size(key: str, value: str) -> None:
+    name = key[len(PREFIX):]
+    limit = {"script": MAX_SCRIPT_BYTES, "job-spec": MAX_JOB_SPEC_BYTES}.get(name,
+                                                                         MAX_VALUE_BYTES)
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise AdmissionDenied(f"{shown_key(key)}: the value is {size} bytes; at most {limit} "
+                              "bytes are accepted")
+    if name not in ("script", "job-spec") and _CONTROL.search(value):
+        raise AdmissionDenied(f"{shown_key(key)}: {quote(value)} contains a control character "
+                              "(a line break, tab…); the value must be one line of text")
+
+
+def check_annotations_size(annotations: Mapping[str, Any]) -> None:
+    """The mutated pod's annotations must fit Kubernetes' limit, else the API server refuses
+    the pod with a bare "Too long" after admission; say why here instead."""
+    size = sum(len(str(k).encode("utf-8", "surrogatepass"))
+               + len(str(v).encode("utf-8", "surrogatepass")) for k, v in annotations.items())
+    if size > MAX_ANNOTATIONS_BYTES:
+        raise AdmissionDenied(
+            f"metadata.annotations: the offloaded pod's annotations would be {size} bytes, over "
+            f"Kubernetes' limit of {MAX_ANNOTATIONS_BYTES} bytes ({PREFIX}script is carried "
+            f"twice, as written and inside {JOB_SPEC}); shorten {PREFIX}script, e.g. by "
+            "staging a file it runs (hpc.offload/stage-in)")
+
+
+def _parse_items(items: tuple[tuple[str, str], ...]) -> Annotations:
     values: dict[str, Any] = {}
     for key, value in items:
         name = key[len(PREFIX):]
@@ -144,12 +197,15 @@ def _parse(items: tuple[tuple[str, str], ...]) -> Annotations:
     return parsed
 
 
+_parse = lru_cache(maxsize=512)(_parse_items)
+
+
 def _unknown_message(key: str) -> str:
     name = key[len(PREFIX):]
     close = difflib.get_close_matches(name, INPUT_KEYS, n=1)
     hint = f" (did you mean {PREFIX}{close[0]}?)" if close else ""
     known = ", ".join(INPUT_KEYS)
-    return f"{key}: unknown annotation{hint}; known {PREFIX}* annotations: {known}"
+    return f"{shown_key(key)}: unknown annotation{hint}; known {PREFIX}* annotations: {known}"
 
 
 def _what(name: str) -> str:
@@ -157,7 +213,7 @@ def _what(name: str) -> str:
 
 
 def _backend(name: str, value: str) -> dict[str, Any]:
-    if len(value) > 253 or not _DNS1123_SUBDOMAIN.match(value):
+    if len(value) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(value):
         raise denied(
             name, value,
             "use the name of a backend profile (ConfigMap) in this namespace: lower-case "
@@ -168,7 +224,7 @@ def _backend(name: str, value: str) -> dict[str, Any]:
 
 
 def _container(name: str, value: str) -> dict[str, Any]:
-    if len(value) > 63 or not _DNS1123_LABEL.match(value):
+    if len(value) > 63 or not _DNS1123_LABEL.fullmatch(value):
         raise denied(name, value, "use the name of one of the pod's containers")
     return {"container": value}
 
@@ -182,7 +238,7 @@ def _runtime(name: str, value: str) -> dict[str, Any]:
 
 def _image(name: str, value: str) -> dict[str, Any]:
     image = value.strip()
-    if not image or len(image) > 1024 or image.startswith("-") or not _IMAGE.match(image):
+    if not image or len(image) > 1024 or image.startswith("-") or not _IMAGE.fullmatch(image):
         raise denied(
             name, value,
             "use an image the HPC runtime understands (docker://registry/name:tag, a .sif "
@@ -201,14 +257,19 @@ def _time(name: str, value: str) -> dict[str, Any]:
 
 
 def _count(name: str, value: str) -> dict[str, Any]:
-    return {name: check_positive_int(value, _what(name))}
+    count = check_positive_int(value, _what(name))
+    if count > MAX_COUNT:
+        raise denied(name, value, f"use a whole number from 1 to at most {MAX_COUNT}")
+    return {name: count}
 
 
 def _gpus(name: str, value: str) -> dict[str, Any]:
-    match = _GPUS.match(value.strip())
+    match = _GPUS.fullmatch(value.strip())
     if not match:
         raise denied(name, value, "use a GPU count (2) or TYPE:COUNT (a100:2); 0 for none")
     kind, count = match.group(1), int(match.group(2))
+    if count > MAX_COUNT:
+        raise denied(name, value, f"use a GPU count of at most {MAX_COUNT}")
     if count == 0:
         return {"gpus": ""}
     return {"gpus": f"gpu:{kind}:{count}" if kind else f"gpu:{count}"}
@@ -233,7 +294,11 @@ def _script(name: str, value: str) -> dict[str, Any]:
 
 
 def _poll_interval(name: str, value: str) -> dict[str, Any]:
-    return {"poll_interval": parse_duration(value, _what(name))}
+    seconds = parse_duration(value, _what(name))
+    if seconds > MAX_POLL_INTERVAL:
+        raise denied(name, value, "use at most 1h: the connector would not notice the job's "
+                     "end for that long")
+    return {"poll_interval": seconds}
 
 
 def _logs(name: str, value: str) -> dict[str, Any]:

@@ -22,8 +22,10 @@ CONFIG_ENV = "HPC_OFFLOAD_CONFIG"  # path of the config file
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 DEFAULT_GPU_RESOURCE_NAMES = ("nvidia.com/gpu", "amd.com/gpu")
 
-_QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
-_RESOURCE_NAME = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+# used with fullmatch (`$` would accept a trailing newline)
+_QUANTITY = re.compile(r"\d+(\.\d+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
+_RESOURCE_NAME = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_ABSOLUTE_PATH = re.compile(r"/[^\s\x00-\x1f\x7f]*")
 
 
 class ConfigError(ValueError):
@@ -40,6 +42,9 @@ class WebhookConfig:
     """How the webhook builds the connector container (see docs/mutation-contract.md)."""
 
     connector_image: str = "hpc-offload:0.1.0"
+    # the image's own interpreter (Dockerfile: `python3 -m venv /opt/hpc-offload`), by
+    # absolute path so no pod PATH picks another (docs/mutation-contract.md)
+    connector_python: str = "/opt/hpc-offload/bin/python3"
     image_pull_policy: str = "IfNotPresent"
     connector_resources: Mapping[str, Mapping[str, str]] = field(
         default_factory=_default_resources
@@ -54,6 +59,9 @@ class WebhookConfig:
     def __post_init__(self) -> None:
         if not self.connector_image or any(c.isspace() for c in self.connector_image):
             raise ConfigError(f"connector_image: {self.connector_image!r} is not an image name")
+        if not _ABSOLUTE_PATH.fullmatch(self.connector_python):
+            raise ConfigError(f"connector_python: {self.connector_python!r} must be an absolute "
+                              "path without spaces (the connector image's python3)")
         if self.image_pull_policy not in PULL_POLICIES:
             raise ConfigError(
                 f"image_pull_policy: {self.image_pull_policy!r} is not one of "
@@ -67,7 +75,7 @@ class WebhookConfig:
                     f"connector_resources: {kind!r} must be requests or limits, each a mapping"
                 )
             for name, quantity in values.items():
-                if not _QUANTITY.match(str(quantity)):
+                if not _QUANTITY.fullmatch(str(quantity)):
                     raise ConfigError(
                         f"connector_resources.{kind}.{name}: {quantity!r} is not a quantity"
                     )
@@ -80,7 +88,7 @@ class WebhookConfig:
         if isinstance(self.gpu_resource_names, str):
             raise ConfigError("gpu_resource_names: must be a list of resource names")
         for name in self.gpu_resource_names:
-            if not _RESOURCE_NAME.match(name):
+            if not _RESOURCE_NAME.fullmatch(name):
                 raise ConfigError(f"gpu_resource_names: {name!r} is not a resource name")
 
     @classmethod

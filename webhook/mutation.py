@@ -8,6 +8,7 @@ untouched (berglas#264). The exact output is docs/mutation-contract.md.
 from __future__ import annotations
 
 import functools
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -18,7 +19,7 @@ import orjson
 
 from connector.errors import SpecError
 from connector.render import hpc_image
-from connector.spec import JobSpec, Resources, parse_time_limit
+from connector.spec import MAX_COUNT, JobSpec, Resources, parse_time_limit
 from webhook.annotations import (
     INJECTED,
     JOB_SPEC,
@@ -26,6 +27,7 @@ from webhook.annotations import (
     STATUS,
     AdmissionDenied,
     Annotations,
+    check_annotations_size,
     parse_annotations,
     quote,
 )
@@ -36,9 +38,15 @@ __all__ = ["AdmissionDenied", "mutate", "read_job_spec", "copy_json", "parse_qua
 
 BASE = "/var/run/hpc-offload"
 PODINFO, PROFILE, STATE = "hpc-offload-podinfo", "hpc-offload-profile", "hpc-offload-state"
+NO_TOKEN = "hpc-offload-no-token"  # noqa: S105 - a volume name, not a secret
+RESERVED_VOLUMES = (PODINFO, PROFILE, STATE, NO_TOKEN)
 PODINFO_DIR, PROFILE_DIR, STATE_DIR = f"{BASE}/podinfo", f"{BASE}/profile", f"{BASE}/state"
-CONNECTOR_COMMAND = (
-    "hpc-connector", "run", "--spec", f"{PODINFO_DIR}/job-spec.json",
+# The default ServiceAccount token's path: the connector never talks to the API server, so an
+# empty directory is mounted there in its container (the ServiceAccount admission plugin then
+# leaves it alone; other containers keep their token).
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 - a path
+CONNECTOR_ARGS = (
+    "-m", "connector.cli", "run", "--spec", f"{PODINFO_DIR}/job-spec.json",
     "--profile", PROFILE_DIR, "--state-dir", STATE_DIR,
 )
 PRE_STOP = ("/bin/sh", "-c", "kill -INT 1")
@@ -48,8 +56,8 @@ _REMOVED = ("args", "workingDir", "livenessProbe", "readinessProbe", "startupPro
             "stdin", "stdinOnce", "tty")
 
 _SPACE = re.compile(r"\s")
-_QUANTITY = re.compile(
-    r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:[eE]([+-]?\d{1,2})|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E))?$"
+_QUANTITY = re.compile(  # used with fullmatch
+    r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:[eE]([+-]?\d{1,2})|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E))?"
 )
 _SUFFIX: dict[str, Fraction] = {
     "n": Fraction(1, 10**9), "u": Fraction(1, 10**6), "m": Fraction(1, 1000), "": Fraction(1),
@@ -94,10 +102,15 @@ def mutate(
     if metadata is not None and not isinstance(metadata, dict):
         raise AdmissionDenied("metadata: must be an object")
     annotations = (metadata or {}).get("annotations")
-    if isinstance(annotations, dict) and annotations.get(STATUS) == INJECTED:
-        return copy_json(pod)  # validated when it was injected; reinvocation must be cheap
     parsed = parse_annotations(annotations)
-    if parsed.injected or not parsed.offloaded:
+    if parsed.injected:
+        # Reinvocation, a re-applied mutated pod — or a hand-written one: held to the policy
+        # and to being our own output, then admitted unchanged.
+        from webhook.injected import verify_injected
+
+        verify_injected(pod, parsed, namespace, config, policy)
+        return copy_json(pod)
+    if not parsed.offloaded:
         return copy_json(pod)
     assert parsed.backend is not None and isinstance(metadata, dict)
     assert isinstance(annotations, dict)
@@ -110,14 +123,22 @@ def mutate(
     if rule is not None:
         rule.check(job, parsed.backend)
     _check_reserved(spec, container)
-    _check_staging(container, job)
+    check_staging(container, job)
 
     # Copy on write: each dict and list on the way to a change, nothing else.
     annotations = {**annotations, JOB_SPEC: job_spec_json(job), STATUS: INJECTED}
+    check_annotations_size(annotations)
     spec = _mutate_pod_spec(spec, parsed.backend, config)
     spec["containers"] = [_make_connector(c, config) if c is container else c
                           for c in spec["containers"]]
     return {**pod, "metadata": {**metadata, "annotations": annotations}, "spec": spec}
+
+
+def connector_command(config: WebhookConfig) -> list[str]:
+    """The image's own interpreter by absolute path, in isolated mode (-I: no PYTHON*
+    variables, no user site, no current directory on sys.path): the pod's env is data the
+    connector forwards, so neither a pod PATH nor a pod PYTHONPATH may act on it."""
+    return [config.connector_python, "-I", *CONNECTOR_ARGS]
 
 
 def job_spec_json(job: JobSpec) -> str:
@@ -155,10 +176,12 @@ def build_job_spec(
     cpu = requests.get("cpu", limits.get("cpu"))
     memory = requests.get("memory", limits.get("memory"))
     label = f"container {quote(name)}"
-    cpus = _ceil(parse_quantity(cpu, f"{label}: cpu")) if cpu is not None else None
+    cpus = _bounded(_ceil(parse_quantity(cpu, f"{label}: cpu")), cpu, f"{label}: cpu",
+                    "cores") if cpu is not None else None
     mem = None
     if memory is not None:
-        mib = _ceil(parse_quantity(memory, f"{label}: memory"), MIB)
+        mib = _bounded(_ceil(parse_quantity(memory, f"{label}: memory"), MIB), memory,
+                       f"{label}: memory", "MiB")
         mem = mib if mib > 0 else None
     # the annotation wins; "" (gpus: 0) means none
     gpu_type, gpus = None, None
@@ -244,11 +267,19 @@ def parse_quantity(value: Any, what: str) -> Fraction:
 
 @functools.lru_cache(maxsize=1024)  # the same few quantities recur in every pod
 def _quantity(text: str) -> Fraction | None:
-    match = _QUANTITY.match(text)
+    match = _QUANTITY.fullmatch(text)
     if not match:
         return None
     number, exponent, suffix = match.groups()
     return Fraction(number) * (Fraction(10) ** int(exponent) if exponent else _SUFFIX[suffix or ""])
+
+
+def _bounded(count: int, value: Any, what: str, unit: str) -> int:
+    """A count a scheduler can take: no job asks for more than MAX_COUNT of anything."""
+    if count > MAX_COUNT:
+        raise AdmissionDenied(f"{what}: {quote(value)} is {count} {unit}; at most {MAX_COUNT} "
+                              f"{unit} can be asked for")
+    return count
 
 
 def _ceil(amount: Fraction, unit: int = 1) -> int:
@@ -276,7 +307,7 @@ def _gpus_from_limits(requests: Mapping[str, Any], limits: Mapping[str, Any], na
             raise AdmissionDenied(f"container {quote(name)}: {resource}: {quote(value)} must be "
                                   "a whole number of devices")
         total += int(count)
-    return total or None
+    return _bounded(total, total, f"container {quote(name)}: GPU limits", "GPUs") or None
 
 
 def _image(value: Any, name: str) -> str | None:
@@ -323,35 +354,50 @@ def _select_container(spec: dict[str, Any], wanted: str | None) -> dict[str, Any
                           f"({', '.join(names)}): name the one to offload")
 
 
+def normalise(path: Any) -> str:
+    """A mount path as the kernel resolves it: `/var//run/./x/` and `//var/run/x` are
+    `/var/run/x` (compared as strings they slipped past the reserved-path check)."""
+    text = posixpath.normpath("/" + str(path))
+    return "/" + text.lstrip("/")
+
+
+def inside(path: str, base: str) -> bool:
+    """Whether normalised `path` is `base` or below it."""
+    return path == base or base == "/" or path.startswith(base + "/")
+
+
 def _check_reserved(spec: Mapping[str, Any], container: Mapping[str, Any]) -> None:
     for volume in spec.get("volumes") or []:
-        if isinstance(volume, dict) and volume.get("name") in (PODINFO, PROFILE, STATE):
+        if isinstance(volume, dict) and volume.get("name") in RESERVED_VOLUMES:
             raise AdmissionDenied(f"spec.volumes: the name {quote(volume['name'])} is reserved "
                                   "for hpc-offload; rename the volume")
     for mount in _mounts(container):
-        path = str(mount.get("mountPath", "")).rstrip("/")
-        if path == BASE or path.startswith(BASE + "/") or BASE.startswith(path + "/"):
+        path = normalise(mount.get("mountPath", ""))
+        if inside(path, BASE) or inside(BASE, path):
             raise AdmissionDenied(f"container {quote(container['name'])}: mountPath "
                                   f"{quote(mount.get('mountPath'))} overlaps {BASE}, which "
                                   "hpc-offload uses; mount it elsewhere")
 
 
-def _check_staging(container: Mapping[str, Any], job: JobSpec) -> None:
+def check_staging(container: Mapping[str, Any], job: JobSpec) -> None:
     """Staged pod paths must be on volumes: the connector's root filesystem is read-only and
     is not the original image's, so only mounted data is there to copy."""
-    mounts = [(str(m.get("mountPath", "")).rstrip("/"), bool(m.get("readOnly")))
+    mounts = [(normalise(m.get("mountPath", "")), bool(m.get("readOnly")))
               for m in _mounts(container)]
     for key, pairs, writable in (("stage-in", job.stage_in, False),
                                  ("stage-out", job.stage_out, True)):
         for pair in pairs:
-            inside = [ro for path, ro in mounts if pair.src == path or
-                      pair.src.startswith(path + "/")]
-            if not inside:
+            src = normalise(pair.src)
+            if inside(src, BASE) or inside(src, TOKEN_DIR):
+                raise AdmissionDenied(f"{PREFIX}{key}: the pod path {quote(pair.src)} is "
+                                      "hpc-offload's own; stage files from your volumes")
+            on = [ro for path, ro in mounts if inside(src, path)]
+            if not on:
                 raise AdmissionDenied(
                     f"{PREFIX}{key}: the pod path {quote(pair.src)} is not inside a volumeMount "
                     f"of container {quote(container['name'])}; mount a volume there (the "
                     "connector's own filesystem is read-only)")
-            if writable and all(inside):
+            if writable and all(on):
                 raise AdmissionDenied(
                     f"{PREFIX}{key}: the pod path {quote(pair.src)} is on a readOnly "
                     f"volumeMount of container {quote(container['name'])}; results cannot be "
@@ -370,15 +416,13 @@ def _make_connector(original: dict[str, Any], config: WebhookConfig) -> dict[str
     container = {key: value for key, value in original.items() if key not in _REMOVED}
     container["image"] = config.connector_image
     container["imagePullPolicy"] = config.image_pull_policy
-    container["command"] = list(CONNECTOR_COMMAND)
+    container["command"] = connector_command(config)
     container["resources"] = {kind: dict(values)
                               for kind, values in config.connector_resources.items()}
     mounts = container.get("volumeMounts")
-    container["volumeMounts"] = [*(mounts if isinstance(mounts, list) else ()),
-        {"name": PODINFO, "mountPath": PODINFO_DIR, "readOnly": True},
-        {"name": PROFILE, "mountPath": PROFILE_DIR, "readOnly": True},
-        {"name": STATE, "mountPath": STATE_DIR},
-    ]
+    kept = [m for m in (mounts if isinstance(mounts, list) else ())
+            if not (isinstance(m, dict) and inside(normalise(m.get("mountPath", "")), TOKEN_DIR))]
+    container["volumeMounts"] = [*kept, *added_mounts()]
     container["securityContext"] = {
         "runAsNonRoot": True,
         "runAsUser": config.run_as_user,
@@ -407,7 +451,14 @@ def _mutate_pod_spec(original: dict[str, Any], backend: str, config: WebhookConf
     if security.get("fsGroup") is None:
         security["fsGroup"] = config.fs_group
     volumes = spec.get("volumes")
-    spec["volumes"] = [*(volumes if isinstance(volumes, list) else ()),
+    spec["volumes"] = [*(volumes if isinstance(volumes, list) else ()), *added_volumes(backend)]
+    return spec
+
+
+def added_volumes(backend: str) -> list[dict[str, Any]]:
+    """The volumes the mutation adds: the job spec and pod identity (downward API), the
+    profile (ConfigMap and Secret of the backend's name), state, and the empty token dir."""
+    return [
         {"name": PODINFO, "downwardAPI": {"items": [
             {"path": "job-spec.json",
              "fieldRef": {"fieldPath": f"metadata.annotations['{JOB_SPEC}']"}},
@@ -420,5 +471,15 @@ def _mutate_pod_spec(original: dict[str, Any], backend: str, config: WebhookConf
             {"secret": {"name": backend, "optional": True}},
         ]}},
         {"name": STATE, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+        {"name": NO_TOKEN, "emptyDir": {}},
     ]
-    return spec
+
+
+def added_mounts() -> list[dict[str, Any]]:
+    """The connector container's mounts of the added volumes."""
+    return [
+        {"name": PODINFO, "mountPath": PODINFO_DIR, "readOnly": True},
+        {"name": PROFILE, "mountPath": PROFILE_DIR, "readOnly": True},
+        {"name": STATE, "mountPath": STATE_DIR},
+        {"name": NO_TOKEN, "mountPath": TOKEN_DIR, "readOnly": True},
+    ]

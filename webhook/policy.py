@@ -135,18 +135,25 @@ class Rule:
             if self.constrains_scripts():
                 self._check_script(spec.script)
             return  # the script's own directives are the job's request, not the annotations
-        else:
-            if self.runtimes is not None and spec.runtime not in self.runtimes:
-                self._deny(f"{PREFIX}runtime {quote(spec.runtime)} is not allowed; "
-                           f"allowed: {', '.join(self.runtimes)}")
-            if self.images is not None and spec.effective_runtime() != "none":
-                image = hpc_image(spec)
-                bare = image.removeprefix("docker://")
-                if not any(image.startswith(p) or bare.startswith(p) for p in self.images):
-                    self._deny(f"image {quote(image)} is not allowed; images must start with "
-                               f"one of: {', '.join(self.images)}")
+        if self.runtimes is not None and spec.runtime not in self.runtimes:
+            self._deny(f"{PREFIX}runtime {quote(spec.runtime)} is not allowed; "
+                       f"allowed: {', '.join(self.runtimes)}")
+        if self.images is not None and spec.effective_runtime() != "none":
+            image = hpc_image(spec)
+            bare = image.removeprefix("docker://")
+            if not any(image.startswith(p) or bare.startswith(p) for p in self.images):
+                self._deny(f"image {quote(image)} is not allowed; images must start with "
+                           f"one of: {', '.join(self.images)}")
+        if self.images is not None and spec.hpc_image is None \
+                and spec.effective_runtime() != "none":
+            self._deny("the job spec names no hpc_image, so the profile's image would run; "
+                       "under this rule the webhook pins the image")
         max_seconds = self._max_seconds  # type: ignore[attr-defined]
         limit = spec.resources.time_limit
+        if self.max_time is not None and limit is None:
+            self._deny(f"the job spec sets no time limit; the maximum is {self.max_time}")
+        if self.limits_nodes() and spec.resources.nodes is None:
+            self._deny("the job spec sets no node count; under this rule the webhook pins it")
         if self.max_time is not None and limit is not None and (
                 limit == 0 or (max_seconds is not None and limit > max_seconds)):
             shown = "UNLIMITED" if limit == 0 else format_time(limit)
