@@ -4,19 +4,20 @@
 In a pod (what the webhook injects):
   hpc-connector run --spec /var/run/hpc-offload/podinfo/job-spec.json \\
                     --profile /var/run/hpc-offload/profile --state-dir /var/run/hpc-offload/state
-Paper-compatible form (hpc-connector, 2020):
+Paper-compatible form (hpc-connector, 2020; docs/paper-compatibility.md):
   hpc-connector --backend slurm-local --backend-conf '{}' simulate \\
                 --job-config '{"script": "#!/bin/bash\\necho hi"}' --monitoring-period 5 --print-logs
+  Its arguments may say ${VAR} (expanded from the environment, as the paper's Fig. 3 Job
+  writes them); --backend-conf and --job-config take inline JSON or a file.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -24,6 +25,7 @@ from connector.backends import backend_class
 from connector.errors import ConnectorError, InternalError, ProfileError, SpecError
 from connector.lifecycle import DEFAULT_SUBMIT_TIMEOUT, DEFAULT_TAIL_INTERVAL, Connector, Timing, read_pod_info
 from connector.outcome import termination_path
+from connector.paper import DEFAULT_CREDENTIALS, backend_configuration, expand, job_config
 from connector.profile import Profile, load_profile_dir, profile_from_values
 from connector.spec import DEFAULT_POLL_INTERVAL, JobSpec, PodRef, parse_duration
 from connector.state import StateStore
@@ -55,6 +57,8 @@ def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
                    termination_log: str | None) -> int:
     spec = with_profile_defaults(spec, profile)
     spec.check_runnable()
+    if spec.logs == "job-only":  # the container's output is the job's alone: errors only
+        log.setLevel(logging.ERROR)
     if state_dir:
         try:
             Path(state_dir).mkdir(parents=True, exist_ok=True)
@@ -80,7 +84,8 @@ def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
 @click.group(invoke_without_command=True, help=__doc__,
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--backend", help="Backend type for `simulate` (slurm-ssh, slurm-local, …).")
-@click.option("--backend-conf", help="Backend configuration as JSON, for `simulate`.")
+@click.option("--backend-conf", help="Backend configuration (the profile's `configuration` JSON), "
+                                     "inline or a file, for `simulate`.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.pass_context
@@ -143,45 +148,43 @@ def _with_pod(spec: JobSpec, info: dict[str, str]) -> JobSpec:
 
 
 @cli.command()
-@click.option("--job-config", required=True,
-              help='JSON {"host": …, "script": …}: the script is submitted as written.')
+@click.option("--job-config", "job_config_arg", required=True,
+              help='JSON {"script": …, "host": …} inline or a file (or a batch script file); '
+                   "the script is submitted as written.")
 @click.option("--monitoring-period", default="30", show_default=True,
               help="Seconds between scheduler queries (or 30s, 5m).")
 @click.option("--print-logs", is_flag=True, help="Print the job output when it ends.")
 @click.option("--state-dir", type=click.Path(file_okay=False))
+@click.option("--credentials", default=DEFAULT_CREDENTIALS, show_default=True,
+              help="Directory with the backend's credential files (ssh-privatekey, known_hosts, "
+                   "token, proxy): the mounted profile Secret.")
 @click.pass_context
-def simulate(ctx: click.Context, job_config: str, monitoring_period: str, print_logs: bool,
-             state_dir: str | None) -> None:
+def simulate(ctx: click.Context, job_config_arg: str, monitoring_period: str, print_logs: bool,
+             state_dir: str | None, credentials: str) -> None:
     """The paper's mirror job: submit a verbatim script and follow it to its end."""
     termination_log = termination_path()
     try:
-        if not ctx.obj["backend"]:
+        env = os.environ
+        backend = expand(ctx.obj["backend"], env, "--backend")
+        if not backend:
             raise SpecError("--backend is required with simulate (e.g. --backend slurm-local)")
-        conf = _json_object(ctx.obj["backend_conf"] or "{}", "--backend-conf")
-        job = _json_object(job_config, "--job-config")
-        if not isinstance(job.get("script"), str):
-            raise SpecError('--job-config needs "script": the batch script to submit')
+        conf = backend_configuration(expand(ctx.obj["backend_conf"], env, "--backend-conf"))
+        job = job_config(expand(job_config_arg, env, "--job-config") or "")
         if job.get("host"):
             conf["host"] = job["host"]
-        profile = profile_from_values(ctx.obj["backend"], conf, name="command line")
+        secrets = Path(expand(credentials, env, "--credentials") or DEFAULT_CREDENTIALS)
+        # named so a missing key's message says where it was looked for
+        profile = profile_from_values(backend, conf, secret_dir=secrets,
+                                      name=f"--backend-conf, credentials in {secrets}")
+        period = expand(monitoring_period, env, "--monitoring-period") or ""
         spec = JobSpec(script=job["script"], logs="end" if print_logs else "none",
-                       poll_interval=parse_duration(monitoring_period, "--monitoring-period"))
-        code = _run_connector(spec, profile, state_dir, termination_log)
+                       poll_interval=parse_duration(period, "--monitoring-period"))
+        code = _run_connector(spec, profile, expand(state_dir, env, "--state-dir"), termination_log)
     except ConnectorError as exc:
         _fail(exc, termination_log)
     except Exception as exc:  # a bug: still a readable line and a termination message
         _fail(InternalError(f"unexpected {type(exc).__name__}: {exc}"), termination_log)
     sys.exit(code)
-
-
-def _json_object(text: str, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise SpecError(f"{what} must be a JSON object")
-    return value
 
 
 def main() -> None:

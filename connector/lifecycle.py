@@ -120,7 +120,7 @@ class Connector:
         self.polls = 0
         self.stderr_tail: deque[bytes] = deque(maxlen=TAIL_LINES)
         caps = backend.capabilities
-        self.logs = spec.logs  # what this backend lets us do of it
+        self.logs = "stream" if spec.logs == "job-only" else spec.logs  # what the backend allows
         if self.logs == "stream" and Capability.STREAM_OUTPUT not in caps:
             self.logs = "end" if Capability.FINAL_OUTPUT in caps else "none"
         elif self.logs == "end" and not caps & (Capability.STREAM_OUTPUT | Capability.FINAL_OUTPUT):
@@ -172,7 +172,7 @@ class Connector:
             assert self.signum is not None
             return outcomes.interrupted(self.signum, None, cancelled=False)
         self.record = record
-        if self.spec.logs != self.logs:
+        if self.spec.logs not in (self.logs, "job-only"):
             self._say_where_output_is()
         return self._follow()
 

@@ -18,7 +18,7 @@ from connector.errors import SpecError
 SPEC_VERSION = 2  # 1 named SLURM options (`slurm`); still read
 MAX_COUNT = 10**9  # any count or seconds beyond this is a typo, not a request
 RUNTIMES = ("singularity", "apptainer", "charliecloud", "podman", "enroot", "none")
-LOG_MODES = ("stream", "end", "none")
+LOG_MODES = ("stream", "job-only", "end", "none")  # job-only: stream, and the connector is quiet
 DEFAULT_RUNTIME = "singularity"
 DEFAULT_POLL_INTERVAL = 30.0
 MIN_POLL_INTERVAL = 1.0

@@ -29,7 +29,7 @@ def deny(extra: dict[str, object]) -> AdmissionDenied:
     [
         ("runtime", "docker", 'hpc.offload/runtime: "docker" is not allowed; use one of '
                               "singularity, apptainer, charliecloud, podman, enroot, none"),
-        ("logs", "tail", 'hpc.offload/logs: "tail" is not allowed; use one of stream, end, none'),
+        ("logs", "tail", 'hpc.offload/logs: "tail" is not allowed; use one of stream, job-only, end, none'),
         ("container", "Main_1", 'hpc.offload/container: "Main_1" is not allowed'),
         ("image", "docker://x y", 'hpc.offload/image: "docker://x y" is not allowed'),
         ("image", "--bind=/:/host", 'hpc.offload/image: "--bind=/:/host" is not allowed'),

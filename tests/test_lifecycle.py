@@ -350,3 +350,14 @@ def test_pending_reason_and_position_changes_are_logged(tmp_path, connector_log)
     assert "pending again (requeued)" in connector_log.text
     backend.end(job, JobState.COMPLETED, 0)
     assert run.wait() == 0
+
+
+def test_job_only_streams_the_job_and_nothing_else(tmp_path):
+    """Issue 13 item 3: with `logs: job-only` the container's stdout is exactly the job's."""
+    backend = FakeBackend()
+    run = Run(backend, tmp_path, job=spec(logs="job-only"))
+    job = backend.job()
+    backend.write(job, b"42\n", b"note\n")
+    backend.end(job, JobState.COMPLETED, 0)
+    assert run.wait() == 0
+    assert run.out.getvalue() == b"42\n" and run.err.getvalue() == b"note\n"
