@@ -207,3 +207,23 @@ def test_registered_as_subcommand() -> None:
     assert result.exit_code == 0 and "--all-namespaces" in result.output
     result = CliRunner().invoke(cli, ["jobs", "-n", "x", "-A"])
     assert result.exit_code != 0
+
+
+def test_item5_tenant_strings_are_printed_with_control_characters_escaped() -> None:
+    """Issue 12 item 5: `kubectl hpc jobs -A` printed tenant-controlled strings (profile
+    annotation, job id and state from the job's log or termination message) raw, so a tenant
+    could drive the admin's terminal (clear the screen, retitle it, hide rows, spoof lines)."""
+    esc = "\x1b]0;pwned\x07\x1b[2J\x1b[1A"
+    hostile = pod(annotations={"hpc.offload/backend": f"site{esc}"}, state={"terminated": {
+        "exitCode": 1, "message": json.dumps({"jobId": f"42{esc}", "state": "FAILED\r\nfake",
+                                              "exitCode": 1, "reason": "x\u202eevil"})}})
+    running = pod(name="run-1")
+    logs = Logs(T + "submitted HPC job 7\x1b[31m\x9b2J (x)\n")
+    rows = rows_for([hostile, running], logs, NOW, parallel=1)
+    table = format_table(rows)
+    assert "\x1b" not in table and "\x07" not in table and "\r" not in table
+    assert "\x9b" not in table and "\u202e" not in table
+    assert "site\\x1b]0;pwned\\x07" in table and "42\\x1b" in table
+    assert "FAILED\\x0d\\x0afake" in table and "7\\x1b[31m\\x9b2J" in table
+    assert len(table.splitlines()) == 3  # a tenant cannot add lines either
+    assert all(ch == "\n" or ch.isprintable() for ch in format_json(rows))

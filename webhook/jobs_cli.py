@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -225,17 +226,35 @@ COLUMNS = (("NAMESPACE", "namespace"), ("POD", "pod"), ("PROFILE", "profile"),
            ("HPC-JOB", "job_id"), ("HPC-STATE", "state"), ("PHASE", "phase"), ("AGE", "age"))
 
 
+def printable(text: str) -> str:
+    """`text` safe for a terminal: control and format characters (escape sequences, carriage
+    returns, bidi overrides) shown as `\\xNN`/`\\uNNNN`. Profile names, job ids and states
+    come from tenants' annotations, logs and termination messages (issue 12, item 5)."""
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char.isprintable() and unicodedata.category(char) not in ("Cf", "Zl", "Zp"):
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(f"\\u{ord(char):04x}" if ord(char) < 0x10000 else f"\\U{ord(char):08x}")
+    return "".join(out)
+
+
 def format_table(rows: list[JobRow]) -> str:
-    """kubectl-style columns, left-aligned, three spaces apart."""
+    """kubectl-style columns, left-aligned, three spaces apart; every cell printable."""
     table = [[title for title, _ in COLUMNS]]
-    table += [[str(getattr(row, key) or NONE) for _, key in COLUMNS] for row in rows]
+    table += [[printable(str(getattr(row, key) or NONE)) for _, key in COLUMNS] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
     return "".join("   ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
                    .rstrip() + "\n" for line in table)
 
 
 def format_json(rows: list[JobRow]) -> str:
-    return json.dumps([row.to_json() for row in rows], indent=2) + "\n"
+    """JSON escapes every control and non-ASCII character itself."""
+    return json.dumps([row.to_json() for row in rows], indent=2, ensure_ascii=True) + "\n"
 
 
 def _current_namespace(kubeconfig: str | None) -> str:
@@ -297,7 +316,8 @@ def jobs(namespace: str | None, all_namespaces: bool, kubeconfig: str | None,
         else:
             listed = core.list_namespaced_pod(namespace or _current_namespace(kubeconfig))
     except ApiException as exc:
-        raise click.ClickException(f"Kubernetes API: {exc.status} {exc.reason}") from None
+        raise click.ClickException(printable(f"Kubernetes API: {exc.status} {exc.reason}")) \
+            from None
     pods = api.sanitize_for_serialization(listed).get("items") or []
     rows = rows_for(pods, read_log)
     if output == "json":
