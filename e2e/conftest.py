@@ -6,9 +6,11 @@ up`); on a fresh machine it builds and starts everything (minutes: see e2e/READM
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +20,8 @@ import pytest
 from kubernetes import client, config
 
 from e2e.cluster import ClusterInfo, ensure_up, load_image
+from e2e.kube import POLICY, REPO, WEBHOOK_DEPLOYMENT, WEBHOOK_NS, Kubectl, apply_profile
+from e2e.waiting import wait
 
 
 def _progress(msg: str) -> None:
@@ -88,3 +92,51 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
         time.sleep(0.1)
     yield name
     core.delete_namespace(name, grace_period_seconds=0)
+
+
+# --- hpc-offload installed, and namespaces with a testbed profile ------------------------------
+
+@pytest.fixture(scope="module")
+def kubectl(cluster: ClusterInfo) -> Kubectl:
+    return Kubectl(cluster)
+
+
+@pytest.fixture(scope="module")
+def installed(
+    cluster: ClusterInfo, project_image: str, kubectl: Kubectl, core: client.CoreV1Api, tmp_path_factory
+) -> None:
+    """The dev overlay, applied as users apply it, plus an e2e policy; the webhook ready."""
+    from testbed import api as testbed
+
+    testbed.ensure_up(listen=[cluster.bridge_gateway])
+    overlay = tmp_path_factory.mktemp("overlay")
+    (overlay / "policy.yaml").write_text(json.dumps({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "hpc-offload-policy", "namespace": WEBHOOK_NS},
+        "data": {"policy.yaml": POLICY}}))
+    (overlay / "kustomization.yaml").write_text(textwrap.dedent(f"""\
+        apiVersion: kustomize.config.k8s.io/v1beta1
+        kind: Kustomization
+        resources:
+          - {os.path.relpath(REPO / "manifests" / "overlays" / "dev", overlay)}
+        patches:
+          - path: policy.yaml
+    """))
+    # a Job's template is immutable: a re-install replaces the finished cert Job
+    kubectl("-n", WEBHOOK_NS, "delete", "job", "hpc-offload-certs", "--ignore-not-found", check=False)
+    kubectl("apply", "-k", str(overlay))
+    kubectl("-n", WEBHOOK_NS, "rollout", "status", f"deployment/{WEBHOOK_DEPLOYMENT}", "--timeout=180s")
+    # the webhook answers through the API server once the caBundle is in place
+    wait(
+        "caBundle patched",
+        lambda: kubectl(
+            "get", "mutatingwebhookconfiguration", "hpc-offload", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}"
+        ).stdout.strip(),
+    )
+
+
+@pytest.fixture
+def hpc_ns(installed, namespace: str, kubectl: Kubectl, cluster: ClusterInfo) -> str:
+    """A namespace with the testbed profile, as `hpc-offload testbed profile … | kubectl apply`."""
+    apply_profile(kubectl, namespace, "slurm-ssh", "testbed", cluster.bridge_gateway)
+    return namespace

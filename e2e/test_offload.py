@@ -23,25 +23,13 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from e2e.cluster import ClusterInfo
+from e2e.kube import REPO, RESTRICTED_PREFIX, WEBHOOK_DEPLOYMENT, WEBHOOK_NS
 from e2e.waiting import wait
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parent.parent
-WEBHOOK_NS = "hpc-offload"
-WEBHOOK_DEPLOYMENT = "hpc-offload-webhook"
-TIMINGS = Path(os.environ.get("HPC_OFFLOAD_CACHE", "/var/cache/hpc-offload")) / "e2e-timings.json"
-RESTRICTED_PREFIX = "e2e-restricted-"
 
-POLICY = textwrap.dedent(f"""\
-    # e2e: everything allowed except in namespaces {RESTRICTED_PREFIX}*
-    unmatched: allow
-    rules:
-      - name: restricted-short-jobs
-        namespaces: ["{RESTRICTED_PREFIX}*"]
-        maxTime: "00:10:00"
-""")
+TIMINGS = Path(os.environ.get("HPC_OFFLOAD_CACHE", "/var/cache/hpc-offload")) / "e2e-timings.json"
 
 
 def record_timing(name: str, seconds: float) -> None:
@@ -67,81 +55,6 @@ def slurm_state(job_id: str) -> str:
     out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
     match = re.search(r"JobState=(\S+)", out)
     return match.group(1) if match else "UNKNOWN"
-
-
-class Kubectl:
-    def __init__(self, cluster: ClusterInfo) -> None:
-        self.argv = [str(cluster.kubectl), f"--kubeconfig={cluster.kubeconfig}"]
-
-    def __call__(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([*self.argv, *args], input=stdin, capture_output=True, text=True, timeout=180)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}{proc.stdout}")
-        return proc
-
-
-@pytest.fixture(scope="module")
-def kubectl(cluster: ClusterInfo) -> Kubectl:
-    return Kubectl(cluster)
-
-
-@pytest.fixture(scope="module")
-def installed(
-    cluster: ClusterInfo, project_image: str, kubectl: Kubectl, core: client.CoreV1Api, tmp_path_factory
-) -> None:
-    """The dev overlay, applied as users apply it, plus an e2e policy; the webhook ready."""
-    from testbed import api as testbed
-
-    testbed.ensure_up(listen=[cluster.bridge_gateway])
-    overlay = tmp_path_factory.mktemp("overlay")
-    (overlay / "policy.yaml").write_text(json.dumps({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "hpc-offload-policy", "namespace": WEBHOOK_NS},
-        "data": {"policy.yaml": POLICY}}))
-    (overlay / "kustomization.yaml").write_text(textwrap.dedent(f"""\
-        apiVersion: kustomize.config.k8s.io/v1beta1
-        kind: Kustomization
-        resources:
-          - {os.path.relpath(REPO / "manifests" / "overlays" / "dev", overlay)}
-        patches:
-          - path: policy.yaml
-    """))
-    # a Job's template is immutable: a re-install replaces the finished cert Job
-    kubectl("-n", WEBHOOK_NS, "delete", "job", "hpc-offload-certs", "--ignore-not-found", check=False)
-    kubectl("apply", "-k", str(overlay))
-    kubectl("-n", WEBHOOK_NS, "rollout", "status", f"deployment/{WEBHOOK_DEPLOYMENT}", "--timeout=180s")
-    # the webhook answers through the API server once the caBundle is in place
-    wait(
-        "caBundle patched",
-        lambda: kubectl(
-            "get", "mutatingwebhookconfiguration", "hpc-offload", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}"
-        ).stdout.strip(),
-    )
-
-
-@pytest.fixture
-def hpc_ns(installed, namespace: str, kubectl: Kubectl, cluster: ClusterInfo) -> str:
-    """A namespace with the testbed profile, as `hpc-offload testbed profile … | kubectl apply`."""
-    profile = subprocess.run(
-        [
-            "python3",
-            "-m",
-            "webhook.admin_cli",
-            "testbed",
-            "profile",
-            "slurm-ssh",
-            "--name",
-            "testbed",
-            "--host",
-            cluster.bridge_gateway,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    kubectl("apply", "-n", namespace, "-f", "-", stdin=profile)
-    return namespace
 
 
 def job_manifest(
