@@ -43,10 +43,13 @@ RUN (getent group hpc || groupadd --system --gid 10001 hpc) \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/hpc --create-home \
         --shell /usr/sbin/nologin hpc
 COPY --from=builder /opt/hpc-offload /opt/hpc-offload
+# Runs `args` given alone: connector arguments (the paper's Fig. 3 Job) go to hpc-connector,
+# a program name (`hpc-offload serve`) runs as given; a pod's `command` replaces it.
+COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/hpc-offload-entrypoint
 ENV PATH=/opt/hpc-offload/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001
 WORKDIR /home/hpc
-ENTRYPOINT []
+ENTRYPOINT ["/usr/local/bin/hpc-offload-entrypoint"]
 CMD ["hpc-offload", "--help"]
