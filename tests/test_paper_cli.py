@@ -159,10 +159,12 @@ def test_cli_rejects_a_bad_monitoring_period_from_the_environment(tmp_path: Path
 # --- the image's entrypoint -------------------------------------------------------------------
 
 def _entrypoint(*args: str) -> subprocess.CompletedProcess[str]:
-    """docker/entrypoint.sh with the real console scripts (this venv's) on PATH."""
+    """docker/entrypoint.sh with this venv's python and console scripts (the image's are
+    under /opt/hpc-offload), run outside the repo so the installed package is what runs."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return subprocess.run(["sh", str(ENTRYPOINT), *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PATH": path})
+                          env={**os.environ, "PATH": path, "HPC_OFFLOAD_PYTHON": sys.executable},
+                          cwd="/")
 
 
 def test_entrypoint_gives_connector_arguments_to_hpc_connector() -> None:
