@@ -164,3 +164,37 @@ def test_several_tasks_run_the_payload_once_per_task_with_srun(profiles, run_con
     assert run.wait() == 0, run.log
     lines = sorted(line.split(" on ")[0] for line in run.stdout.splitlines() if line.startswith("task"))
     assert lines == ["task 0 of 2", "task 1 of 2"]
+
+
+def test_a_scheduler_rejection_ends_at_once_with_its_message(profiles, run_connector):
+    """Issue 13 item 4: an unknown partition is sbatch's refusal, not an outage to retry."""
+    run = run_connector(bash_spec("echo never", resources={"queue": "no-such-partition"}),
+                        profiles["slurm-ssh-openssh"])
+    assert run.wait(timeout=60) == 69, run.log
+    assert run.termination["reason"] == "BackendRefused"
+    assert "invalid partition" in run.termination["message"].lower()
+    assert "retrying" not in run.log
+
+
+def test_a_requeued_job_is_followed_to_its_real_end_without_printing_twice(profiles, run_connector):
+    """Issue 13 item 5: `scontrol requeue` (as after a node failure or preemption) is not the
+    end; the pod follows the second run and prints the first run's lines once."""
+    release = Path("/tmp") / f"hpco-requeue-{uuid.uuid4().hex}"
+    script = (f'echo "run $SLURM_RESTART_COUNT starts"; '
+              f'if [ "${{SLURM_RESTART_COUNT:-0}}" = 0 ]; then while [ ! -e {release} ]; do sleep 0.2; done; fi; '
+              'echo "run ${SLURM_RESTART_COUNT:-0} ends"')
+    run = run_connector(bash_spec(script, resources={"extra_args": ["--requeue"]}), profiles["slurm-local"])
+    deadline = time.monotonic() + 60
+    while "run  starts\n" not in run.stdout and "run 0 starts\n" not in run.stdout:
+        assert time.monotonic() < deadline and run.proc.poll() is None, run.log
+        time.sleep(0.1)
+    subprocess.run(["scontrol", "requeue", run.job_id], check=True)
+    release.touch()
+    try:
+        assert run.wait(timeout=240) == 0, run.log
+    finally:
+        release.unlink()
+    assert "requeued" in run.log
+    starts = [line for line in run.stdout.splitlines() if line.endswith("starts")]
+    assert len(starts) == 2 and starts[-1] == "run 1 starts", run.stdout
+    assert run.stdout.splitlines()[-1] == "run 1 ends"
