@@ -21,12 +21,14 @@ from pathlib import Path
 
 import click
 
+from connector import process_env
 from connector.backends import backend_class
 from connector.errors import ConnectorError, InternalError, ProfileError, SpecError
 from connector.lifecycle import DEFAULT_SUBMIT_TIMEOUT, DEFAULT_TAIL_INTERVAL, Connector, Timing, read_pod_info
 from connector.outcome import termination_path
 from connector.paper import DEFAULT_CREDENTIALS, backend_configuration, expand, job_config
 from connector.profile import Profile, load_profile_dir, profile_from_values
+from connector.readiness import ReadyPort
 from connector.spec import DEFAULT_POLL_INTERVAL, JobSpec, PodRef, parse_duration
 from connector.state import StateStore
 
@@ -54,7 +56,8 @@ def _fail(exc: ConnectorError, termination_log: str | None) -> None:
 
 
 def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
-                   termination_log: str | None) -> int:
+                   termination_log: str | None, ready_port: int | None = None) -> int:
+    environ = click.get_current_context().obj["environ"]  # the container's, not ours
     spec = with_profile_defaults(spec, profile)
     spec.check_runnable()
     if spec.logs == "job-only":  # the container's output is the job's alone: errors only
@@ -76,7 +79,8 @@ def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
     except SpecError as exc:
         raise ProfileError(exc.message) from None
     connector = Connector(spec, backend, StateStore(state_dir), Timing.for_period(period, tail, submit_timeout),
-                          sys.stdout.buffer, termination_log, err=sys.stderr.buffer)
+                          sys.stdout.buffer, termination_log, environ=environ, err=sys.stderr.buffer,
+                          ready=ReadyPort(ready_port))
     connector.install_signal_handlers()
     return connector.run()
 
@@ -91,7 +95,10 @@ def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
 @click.pass_context
 def cli(ctx: click.Context, backend: str | None, backend_conf: str | None, log_level: str) -> None:
     _setup_logging(log_level)
-    ctx.obj = {"backend": backend, "backend_conf": backend_conf}
+    # the container's env (main() took it out of ours): data for the job, not our settings
+    environ = ctx.obj.get("environ") if isinstance(ctx.obj, dict) else None
+    ctx.obj = {"backend": backend, "backend_conf": backend_conf,
+               "environ": dict(os.environ) if environ is None else environ}
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
 
@@ -107,8 +114,10 @@ def cli(ctx: click.Context, backend: str | None, backend_conf: str | None, log_l
               help="Directory with pod-uid, pod-name, pod-namespace files [default: the spec's].")
 @click.option("--termination-log", default=None,
               help="Where the JSON end report goes [default: /dev/termination-log].")
+@click.option("--ready-port", type=click.IntRange(1024, 65535), default=None,
+              help="Listen on this TCP port while the HPC job runs (the pod's readiness probe).")
 def run(spec_file: str, profile_dir: str, state_dir: str | None, pod_info: str | None,
-        termination_log: str | None) -> None:
+        termination_log: str | None, ready_port: int | None) -> None:
     """Submit (or reattach to) the HPC job, follow it, mirror its end as the exit code."""
     termination_log = termination_log or termination_path()
     try:
@@ -121,7 +130,7 @@ def run(spec_file: str, profile_dir: str, state_dir: str | None, pod_info: str |
         if info and not spec.pod.uid:
             spec = _with_pod(spec, info)
         profile = load_profile_dir(profile_dir)
-        code = _run_connector(spec, profile, state_dir, termination_log)
+        code = _run_connector(spec, profile, state_dir, termination_log, ready_port)
     except ConnectorError as exc:
         _fail(exc, termination_log)
     sys.exit(code)
@@ -164,7 +173,7 @@ def simulate(ctx: click.Context, job_config_arg: str, monitoring_period: str, pr
     """The paper's mirror job: submit a verbatim script and follow it to its end."""
     termination_log = termination_path()
     try:
-        env = os.environ
+        env = ctx.obj["environ"]
         backend = expand(ctx.obj["backend"], env, "--backend")
         if not backend:
             raise SpecError("--backend is required with simulate (e.g. --backend slurm-local)")
@@ -188,7 +197,9 @@ def simulate(ctx: click.Context, job_config_arg: str, monitoring_period: str, pr
 
 
 def main() -> None:
-    cli(prog_name="hpc-connector")
+    """The process entry point: the container's environment leaves ours before anything runs
+    (in-process callers such as tests keep theirs)."""
+    cli(prog_name="hpc-connector", obj={"environ": process_env.isolate()})
 
 
 if __name__ == "__main__":

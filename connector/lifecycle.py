@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from connector import outcome as outcomes
+from connector import record as records
 from connector.backends.base import Backend, Capability, JobRequest, JobState, JobStatus
 from connector.errors import AuthError, ConnectorError, SpecError, TransientError, UnreachableError
+from connector.readiness import ReadyPort
 from connector.spec import DEFAULT_POLL_INTERVAL, JobSpec
 from connector.staging import stage_in, stage_out
 from connector.state import JobRecord, StateStore
@@ -33,12 +35,22 @@ from connector.transport.base import READ_LIMIT
 log = logging.getLogger("hpc-connector")
 T = TypeVar("T")
 
-# Never forwarded with envFrom-style passthrough: they describe the connector's container.
+# Not forwarded from envFrom: they describe the connector's container (its image's ENV, the
+# kubelet's service links), not what the pod asked for. docs/annotations.md lists them.
 _SYSTEM_ENV = {"PATH", "HOME", "HOSTNAME", "TERM", "PWD", "SHLVL", "LANG", "OLDPWD", "_", "USER",
                "GPG_KEY", "PYTHON_VERSION", "PYTHON_SHA256", "PYTHON_PIP_VERSION"}
 _SYSTEM_PREFIXES = ("KUBERNETES_", "HPC_OFFLOAD_", "PYTHON", "LC_", "SSL_", "PIP_")
 _SERVICE_SUFFIXES = ("_SERVICE_HOST", "_SERVICE_PORT", "_PORT")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Never forwarded, even when the pod names them: they configure the HPC side's own shell, loader
+# and scheduler, which run the rendered script before and around the payload (a pod `PATH` or
+# `LD_PRELOAD` would act on `srun`/`singularity` themselves, `BASH_ENV` would run a file
+# before the script, `SHELLOPTS=xtrace` would print the env file, values included, into the
+# job's output, `SLURM_*` would steer the job's own `srun`). The HPC side sets its own.
+_HPC_SIDE_ENV = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "PWD", "OLDPWD", "HOSTNAME", "SHLVL",
+                 "_", "IFS", "CDPATH", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4",
+                 "GLOBIGNORE", "PROMPT_COMMAND", "BASH_XTRACEFD"}
+_HPC_SIDE_PREFIXES = ("LD_", "SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "SGE_")
 
 CANCEL_TIMEOUT = 60.0
 # One request to the login node a tick (output and end marker read together): at 0.25 s that
@@ -50,9 +62,11 @@ TAIL_LINES = 10  # of the job's stderr kept for the termination message
 
 
 def job_environment(spec: JobSpec, environ: Mapping[str, str]) -> dict[str, str]:
-    """The variables the HPC job gets: the container's env as the kubelet resolved it. Only
-    names a shell accepts are forwarded (Kubernetes allows `db-password`; bash would print such
-    a line, value included, into the job's output); the others are named once in the log."""
+    """The variables the HPC job gets: the container's env as the kubelet resolved it (`environ`
+    is the copy the connector took of it at start, never its own). Only names a shell accepts
+    are forwarded (Kubernetes allows `db-password`; bash would print such a line, value
+    included, into the job's output), and none that configures the HPC side itself
+    (`_HPC_SIDE_ENV`); the others are named once in the log, never their values."""
     env: dict[str, str] = {}
     if spec.env_from:
         for name, value in environ.items():
@@ -69,7 +83,11 @@ def job_environment(spec: JobSpec, environ: Mapping[str, str]) -> dict[str, str]
     if skipped:
         shown = ", ".join(repr(name)[:80] for name in skipped[:10])
         log.warning("not forwarded to the HPC job (not a shell variable name): %s", shown)
-    return {name: value for name, value in env.items() if _ENV_NAME.fullmatch(name)}
+    reserved = sorted(name for name in env if name in _HPC_SIDE_ENV or name.startswith(_HPC_SIDE_PREFIXES))
+    if reserved:
+        log.warning("not forwarded to the HPC job (the HPC side sets its own): %s", ", ".join(reserved[:10]))
+    return {name: value for name, value in env.items()
+            if _ENV_NAME.fullmatch(name) and name not in reserved}
 
 
 @dataclass
@@ -102,6 +120,7 @@ class Connector:
         termination_log: str | None = None,
         environ: Mapping[str, str] | None = None,
         err: BinaryIO | None = None,
+        ready: ReadyPort | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -109,6 +128,8 @@ class Connector:
         self.timing = timing
         self.out = out  # the job's stdout goes here (the container's stdout)
         self.err = err  # the job's stderr goes here (None: into `out`)
+        self.records = None if spec.logs == "job-only" else err  # the state records (record.py)
+        self.ready = ready or ReadyPort(None)
         self.termination_log = termination_log
         self.environ = dict(os.environ if environ is None else environ)
         self.record: JobRecord | None = None
@@ -152,6 +173,7 @@ class Connector:
             result = outcomes.Outcome(exc.exit_code, exc.reason, exc.message,
                                       self.record.job_id if self.record else None)
         finally:
+            self.ready.close()
             stats = " ".join(f"{k}={v}" for k, v in self.backend.stats().items())
             log.debug("stats: %s polls=%d", stats, self.polls)
             self.backend.close()
@@ -159,6 +181,8 @@ class Connector:
             tail = b"".join(self.stderr_tail).decode("utf-8", "replace")
             result = replace(result, stderr_tail=tail)
         result.write(self.termination_log)
+        records.write(self.records, job=result.job_id, state=result.state or "ERROR", reason=result.reason,
+                      exit=result.exit_code)
         log.info("exit %d (%s): %s", result.exit_code, result.reason, result.message)
         return outcomes.exit_code_for(result)
 
@@ -225,6 +249,7 @@ class Connector:
         handle = self.backend.submit(request)
         record = JobRecord.of(handle, self.backend.type_name, request.run)
         self.state.save(record)
+        records.write(self.records, job=handle.job_id, state="SUBMITTED")
         log.info("submitted HPC job %s (%s, %.2fs) in %s", handle.job_id, self.backend.type_name,
                  time.monotonic() - started, handle.job_dir)
         return record
@@ -283,11 +308,15 @@ class Connector:
         return _completed(status, marker.exit_status)
 
     def _report(self, previous: JobStatus | None, status: JobStatus) -> None:
+        self.ready.set(status.state is JobState.RUNNING)
         same_state = previous is not None and previous.state == status.state
         if same_state and (status.state is not JobState.PENDING or (
                 previous.reason == status.reason  # type: ignore[union-attr]
                 and previous.queue_position == status.queue_position)):  # type: ignore[union-attr]
             return
+        if not status.state.ended:
+            records.write(self.records, job=status.job_id, state=status.state.value, reason=status.reason or None,
+                          position=status.queue_position, start=status.start_estimate, node=status.node)
         if status.state is JobState.PENDING:
             where = f", position {status.queue_position} in queue" if status.queue_position else ""
             start = f", estimated start {status.start_estimate}" if status.start_estimate else ""

@@ -93,7 +93,8 @@ def test_submit_stream_and_complete(tmp_path):
     backend.end(job, JobState.COMPLETED, 0)
     assert run.wait() == 0
     assert run.out.getvalue() == b"line 1\npartial\nlast without newline\n"
-    assert run.err.getvalue() == b"warn\n"  # the job's stderr on the container's stderr
+    job_err = [x for x in run.err.getvalue().splitlines(keepends=True) if not x.startswith(b"hpc-offload-state")]
+    assert job_err == [b"warn\n"]  # the job's stderr on the container's stderr
     assert run.report["exitCode"] == 0 and run.report["jobId"] == job.job_id
     assert backend.submits == 1 and backend.closed
 
@@ -361,3 +362,55 @@ def test_job_only_streams_the_job_and_nothing_else(tmp_path):
     backend.end(job, JobState.COMPLETED, 0)
     assert run.wait() == 0
     assert run.out.getvalue() == b"42\n" and run.err.getvalue() == b"note\n"
+
+
+def test_state_records_and_readiness_follow_the_job(tmp_path):
+    """Issue 14 item 2: one versioned record per state change (what `kubectl hpc jobs` reads),
+    and the readiness port open only while the job runs (`0/1` queued, `1/1` running)."""
+    import socket
+
+    from connector import record
+    from connector.readiness import ReadyPort
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def ready() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    backend = FakeBackend()
+    run = Run(backend, tmp_path)
+    run.connector.ready = ReadyPort(port, "127.0.0.1")
+    job = backend.job()
+    with backend.lock:
+        job.reason = "Priority"
+    until(lambda: b'"reason": "Priority"' in run.err.getvalue())
+    assert not ready()
+    with backend.lock:
+        job.state, job.reason = JobState.RUNNING, ""
+    until(ready)
+    with backend.lock:
+        job.state, job.requeued, job.reason = JobState.PENDING, True, "BeginTime"
+    until(lambda: not ready())
+    backend.end(job, JobState.FAILED, 3)
+    assert run.wait() == 3
+    assert not ready()
+    found = [record.parse(x) for x in run.err.getvalue().decode().splitlines()]
+    states = [(r["state"], r.get("reason"), r.get("position")) for r in found if r]
+    expected = [("SUBMITTED", None, None), ("PENDING", "Priority", 1), ("RUNNING", None, None),
+                ("PENDING", "BeginTime", 1), ("FAILED", "HPCExitCode", None)]
+    assert [s for s in states if s in expected] == expected  # (a first PENDING may come before the reason)
+    assert record.last(run.err.getvalue().decode())["exit"] == 3
+
+
+def test_records_refuse_unknown_fields_and_other_versions():
+    from connector import record
+
+    with pytest.raises(ValueError):
+        record.line(colour="red")
+    text = record.line(job="7", state="RUNNING")
+    assert record.parse("2026-11-30T10:00:00Z stderr F " + text)["job"] == "7"
+    assert record.parse(text.replace('"v": 1', '"v": 2')) is None
+    assert record.parse("hpc-offload-state: {not json") is None
