@@ -16,7 +16,7 @@ import yaml
 from . import image, layout, listen, rest
 from .slurm import token as slurm_token
 
-TYPES = ("slurm-ssh", "slurm-local", "slurm-rest")
+TYPES = ("slurm-ssh", "slurm-local", "slurm-rest", "sge-ssh", "sge-local")
 MONITORING_PERIOD = "2"
 TOKEN_LIFESPAN = 86400
 
@@ -30,6 +30,11 @@ def configuration(kind: str, host: str) -> dict[str, object]:
                 "runtime": "charliecloud", "image": str(image.image_dir())}
     if kind == "slurm-local":
         return {"workdir": workdir, "partition": layout.PARTITION,
+                "runtime": "charliecloud", "image": str(image.image_dir())}
+    if kind in ("sge-ssh", "sge-local"):  # Grid Engine: its queue and parallel environment
+        ssh = {"host": host, "port": layout.SSH_PORT, "user": layout.TEST_USER}
+        return {**(ssh if kind == "sge-ssh" else {}), "workdir": workdir,
+                "queue": layout.SGE_QUEUE, "pe": layout.SGE_PE,
                 "runtime": "charliecloud", "image": str(image.image_dir())}
     if kind == "slurm-rest":
         return {"endpoint": rest.url(host), "user": layout.TEST_USER,
@@ -52,7 +57,7 @@ def files(kind: str, host: str) -> tuple[dict[str, str], dict[str, str]]:
         "monitoring_period": MONITORING_PERIOD,
     }
     secret: dict[str, str] = {}
-    if kind == "slurm-ssh":
+    if kind in ("slurm-ssh", "sge-ssh"):
         secret["ssh-privatekey"] = layout.CLIENT_KEY.read_text()
         secret["known_hosts"] = _known_hosts_for(host)
     elif kind == "slurm-rest":
@@ -114,5 +119,5 @@ def check_ready(kind: str, host: str) -> None:
     if host not in listen.remembered():
         raise ProfileError(f"the testbed does not listen on {host}; run "
                            f"`hpc-offload testbed up --listen {host}` first")
-    if kind == "slurm-ssh" and not (layout.KNOWN_HOSTS.exists() and layout.CLIENT_KEY.exists()):
+    if kind in ("slurm-ssh", "sge-ssh") and not (layout.KNOWN_HOSTS.exists() and layout.CLIENT_KEY.exists()):
         raise ProfileError("the testbed has no SSH keys yet; run `hpc-offload testbed up`")

@@ -358,3 +358,17 @@ def accounting(job_id: int) -> dict[str, str] | None:
         if key and not key.startswith("="):
             out[key] = value.strip()
     return out
+
+
+def jobs_named(name: str) -> list[str]:
+    """Ids of every job with this name, any user: still queued (qstat) or finished (qacct)."""
+    proc = qcmd("qstat", "-u", "*", "-xml", timeout=15)
+    root = ET.fromstring(proc.stdout)  # noqa: S314 - our own qstat, run as root
+    ids = {(job.findtext("JB_job_number") or "").strip() for job in root.iter("job_list")
+           if (job.findtext("JB_name") or "").strip() == name}
+    acct = qcmd("qacct", "-j", name, check=False, timeout=30)
+    for line in acct.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "jobnumber":
+            ids.add(value.strip())
+    return sorted((i for i in ids if i), key=int)

@@ -36,7 +36,10 @@ def profiles(testbed_info, tmp_path_factory) -> dict[str, Path]:
     # default wherever `ssh` is installed, as here and in the project's image)
     for name, kind, client in (("slurm-ssh", "slurm-ssh", "paramiko"),
                                ("slurm-ssh-openssh", "slurm-ssh", "openssh"),
-                               ("slurm-local", "slurm-local", None)):
+                               ("slurm-local", "slurm-local", None),
+                               ("sge-ssh", "sge-ssh", "paramiko"),
+                               ("sge-ssh-openssh", "sge-ssh", "openssh"),
+                               ("sge-local", "sge-local", None)):
         directory = tmp_path_factory.mktemp(name)
         profile.write_dir(directory, kind, "127.0.0.1")
         if client:

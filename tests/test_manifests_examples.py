@@ -80,11 +80,12 @@ def test_profiles(path: Path) -> None:
     data = cm["data"]
     profile = profile_from_values(data["name"], data["configuration"],
                                   data.get("monitoring_period"))
-    assert profile.backend in ("rimrock", "slurm-ssh")
+    assert profile.backend in ("rimrock", "slurm-ssh", "sge-ssh")
     if profile.backend == "rimrock":
         assert profile.setting("endpoint") and set(secret["stringData"]) == {"proxy"}
     else:
-        for key in ("host", "user", "partition", "workdir", "runtime"):
+        queue = "queue" if profile.backend == "sge-ssh" else "partition"
+        for key in ("host", "user", queue, "workdir", "runtime"):
             assert profile.setting(key), key
         assert set(secret["stringData"]) == {"ssh-privatekey", "known_hosts"}
     for key, value in secret["stringData"].items():

@@ -65,10 +65,35 @@ def slurm_targets(profiles: dict[str, Path]) -> list[Target]:
     ]
 
 
+def _sge_in_queue(job_id: str) -> bool:
+    from testbed import sge
+
+    return int(job_id) in sge.job_ids()
+
+
+def _sge_jobs_tagged(tag: str) -> list[str]:
+    from testbed import sge
+
+    return sge.jobs_named(tag)  # the tag is the job's name: in qstat, or in qacct once ended
+
+
+def sge_targets(profiles: dict[str, Path]) -> list[Target]:
+    limit = {"resources": {"time_limit": 5}, "poll_interval": 2}  # h_rt is enforced to the second
+    return [
+        Target("sge-ssh-paramiko", "sge", profiles["sge-ssh"], _sge_in_queue, _sge_jobs_tagged,
+               _wrong_ssh_key, limit),
+        Target("sge-ssh-openssh", "sge", profiles["sge-ssh-openssh"], _sge_in_queue, _sge_jobs_tagged,
+               _wrong_ssh_key, limit),
+        Target("sge-local", "sge", profiles["sge-local"], _sge_in_queue, _sge_jobs_tagged,
+               _no_local_credential, limit),
+    ]
+
+
 # Every target family: a function of the session's profile dirs. Backends add theirs here.
-TARGET_FAMILIES: list[Callable[[dict[str, Path]], list[Target]]] = [slurm_targets]
-TARGET_NAMES = ["slurm-ssh-paramiko", "slurm-ssh-openssh", "slurm-local"]
-ONE_PER_MANAGER = ["slurm-local"]  # for what depends on the manager only (the time limit)
+TARGET_FAMILIES: list[Callable[[dict[str, Path]], list[Target]]] = [slurm_targets, sge_targets]
+TARGET_NAMES = ["slurm-ssh-paramiko", "slurm-ssh-openssh", "slurm-local",
+                "sge-ssh-paramiko", "sge-ssh-openssh", "sge-local"]
+ONE_PER_MANAGER = ["slurm-local", "sge-local"]  # for what depends on the manager only (the time limit)
 
 
 def copy_profile(source: Path, destination: Path) -> Path:
