@@ -29,6 +29,7 @@ from connector.outcome import termination_path
 from connector.paper import DEFAULT_CREDENTIALS, backend_configuration, expand, job_config
 from connector.profile import Profile, load_profile_dir, profile_from_values
 from connector.readiness import ReadyPort
+from connector.shell_cli import shell
 from connector.spec import DEFAULT_POLL_INTERVAL, JobSpec, PodRef, parse_duration
 from connector.state import StateStore
 
@@ -194,6 +195,9 @@ def simulate(ctx: click.Context, job_config_arg: str, monitoring_period: str, pr
     except Exception as exc:  # a bug: still a readable line and a termination message
         _fail(InternalError(f"unexpected {type(exc).__name__}: {exc}"), termination_log)
     sys.exit(code)
+
+
+cli.add_command(shell)
 
 
 def main() -> None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -198,3 +201,34 @@ def test_a_requeued_job_is_followed_to_its_real_end_without_printing_twice(profi
     starts = [line for line in run.stdout.splitlines() if line.endswith("starts")]
     assert len(starts) == 2 and starts[-1] == "run 1 starts", run.stdout
     assert run.stdout.splitlines()[-1] == "run 1 ends"
+
+
+@pytest.mark.parametrize("backend", ["slurm-ssh-openssh", "slurm-local"])
+def test_a_shell_in_the_running_allocation(backend, profiles, run_connector, tmp_path):
+    """Issue 14 item 3 (connector side): `hpc-connector shell -- CMD` runs CMD as a step of the
+    pod's running job, with the pod's credentials; clear words while pending and after the end."""
+    state = tmp_path / "state"
+
+    def shell(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "connector.cli", "shell", "--profile",
+                               str(profiles[backend]), "--state-dir", str(state), "--no-tty", "--", *command],
+                              capture_output=True, text=True, timeout=60)
+
+    assert "no HPC job yet" in shell("hostname").stderr
+    held = run_connector(bash_spec("sleep 300", resources={"extra_args": ["--begin=now+3600"]}),
+                         profiles[backend], state_dir=state)
+    held.wait_for_stderr("pending")
+    assert "still pending" in shell("hostname").stderr
+    held.proc.send_signal(signal.SIGTERM)
+    held.wait(timeout=60)
+    assert "has ended (CANCELLED)" in shell("hostname").stderr
+
+    state = tmp_path / "state2"
+    run = run_connector(bash_spec("sleep 300"), profiles[backend], state_dir=state)
+    run.wait_for_stderr("running")
+    inside = shell("sh", "-c", 'echo "$SLURM_JOB_ID $SLURM_STEP_ID $(hostname)"')
+    assert inside.returncode == 0, inside.stderr
+    job_id, step, host = inside.stdout.split()
+    assert job_id == run.job_id and step != "batch" and host == socket.gethostname()
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 143

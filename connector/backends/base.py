@@ -72,6 +72,7 @@ class Capability(enum.Flag):
     STREAM_OUTPUT = enum.auto()  # output and the end marker can be read while the job runs
     FINAL_OUTPUT = enum.auto()  # the whole output can be read once the job ended
     FILES = enum.auto()  # files can be copied both ways (stage-in / stage-out)
+    SHELL = enum.auto()  # a command can run inside a running job's allocation
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,13 @@ class Backend(ABC):
     def read_output(self, handle: JobHandle, stream: str, offset: int, limit: int = READ_LIMIT) -> bytes:
         """Bytes of the job's `stdout` or `stderr` from offset (empty when nothing new)."""
         raise BackendError(f"backend {self.type_name} cannot read a job's output")
+
+    # --- a shell in the allocation (SHELL) ---------------------------------------------------
+
+    def shell_argv(self, handle: JobHandle, command: Sequence[str], tty: bool) -> list[str]:
+        """A local command that runs `command` inside the running job's allocation, with the
+        caller's terminal (`kubectl hpc shell`)."""
+        raise BackendError(f"backend {self.type_name} cannot open a shell in a job's allocation")
 
     # --- files (FILES) ----------------------------------------------------------------------
 

@@ -7,10 +7,11 @@ commands and its directives.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from typing import ClassVar
 
 from connector.backends.base import Backend, Capability, FileStore, JobHandle, Progress
-from connector.errors import ProfileError, TransientError
+from connector.errors import BackendError, ProfileError, TransientError
 from connector.transport.base import READ_LIMIT, CommandResult, Transport
 
 
@@ -74,11 +75,16 @@ class ShellBackend(Backend):
     def files(self) -> FileStore:
         return self.transport
 
+    def step_argv(self, handle: JobHandle, command: Sequence[str], tty: bool) -> list[str]:
+        """The manager's command that runs `command` inside the job (SLURM: srun --overlap)."""
+        raise BackendError(f"backend {self.type_name} cannot open a shell in a job's allocation")
+
+    def shell_argv(self, handle: JobHandle, command: Sequence[str], tty: bool) -> list[str]:
+        return self.transport.interactive_argv(self.step_argv(handle, command, tty), tty)
+
     def run_checked(self, argv: list[str], transient: tuple[str, ...] = (),
                     stdin: bytes | None = None) -> CommandResult:
         """A scheduler command (counted); a failure is transient when its text says so."""
-        from connector.errors import BackendError
-
         self.scheduler_calls += 1
         result = self.transport.run(argv, stdin=stdin)
         if result.ok:

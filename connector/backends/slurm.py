@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-from connector.backends.base import JobHandle, JobRequest, JobState, JobStatus
+from connector.backends.base import Capability, JobHandle, JobRequest, JobState, JobStatus
 from connector.backends.shell import ShellBackend
 from connector.backends.slurm_options import sbatch_options
 from connector.errors import BackendError
@@ -120,6 +120,13 @@ class SlurmBackend(ShellBackend):
     """What SLURM needs, independent of how its commands are reached."""
 
     _no_accounting = False
+
+    capabilities = ShellBackend.capabilities | Capability.SHELL
+
+    def step_argv(self, handle: JobHandle, command: Sequence[str], tty: bool) -> list[str]:
+        """A step beside the payload's, in the same allocation (`--overlap`: no new resources)."""
+        return ["srun", f"--jobid={handle.job_id}", "--overlap", *(["--pty"] if tty else []),
+                *(command or ["bash", "-l"])]
 
     def render(self, request: JobRequest) -> str:
         """The batch script: `#SBATCH` lines for the resources, then the shared payload."""

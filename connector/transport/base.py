@@ -90,5 +90,13 @@ class Transport(ABC):
     def home(self) -> str:
         """The HPC user's home directory, to resolve relative work dirs."""
 
+    def interactive_argv(self, remote: list[str], tty: bool) -> list[str]:
+        """A local command that runs `remote` on the HPC side with this process's terminal
+        (for `kubectl hpc shell`); transports that cannot give one say so."""
+        from connector.errors import BackendError
+
+        raise BackendError(f"the {type(self).__name__} transport cannot open an interactive session; "
+                           'use `"ssh_client": "openssh"` in the profile')
+
     def close(self) -> None:  # noqa: B027 - optional for transports holding nothing
         """Release connections."""

@@ -25,6 +25,9 @@ class LocalTransport(Transport):
             proc.stderr.decode("utf-8", "replace"),
         )
 
+    def interactive_argv(self, remote: list[str], tty: bool) -> list[str]:
+        return remote
+
     def read_from(self, path: str, offset: int, limit: int = READ_LIMIT) -> bytes | None:
         try:
             with open(path, "rb") as handle:

@@ -5,17 +5,22 @@ known_hosts only, key re-read at every reconnect), but the SSH protocol and its 
 the `ssh` processes, not in the connector: the connector stays near 20 MB resident instead of
 ~35 MB with paramiko and cryptography loaded. The default wherever `ssh` is installed
 (`"ssh_client": "auto"`); `"paramiko"` picks the other. Reads (every tick) go through one
-remote shell kept open on the master; other commands and writes are one `ssh` each.
+remote shell kept open on the master; other commands and writes are one `ssh` each. Staged
+files flow between a local file and the `ssh` process's pipe, never through our memory (a
+1 GiB stage-in must fit a 64 Mi container). The destination always follows `--`, so a host
+named like an option stays a host name.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from connector.errors import AuthError, HostKeyError, ProfileError, TransientError
 from connector.transport.base import READ_LIMIT, CommandResult, Transport, log_reconnect
@@ -36,6 +41,12 @@ _READ_MANY = """while [ $# -ge 3 ]; do
   shift 3
 done"""
 _WRITE = 'umask 077; cat > "$1" && chmod "$2" -- "$1"'
+# Entries of a directory, each ended by NUL: a name may hold a newline (`ls` would split it
+# into two names, one of them `..`), never a NUL or a slash.
+_LIST = 'cd -- "$1" && find . -mindepth 1 -maxdepth 1 -printf "%P\\0"'
+_ERRNOS = (("No such file", errno.ENOENT), ("Permission denied", errno.EACCES),
+           ("Is a directory", errno.EISDIR), ("Not a directory", errno.ENOTDIR))
+_TRANSFER_RATE = 1 << 20  # bytes/s a staged file is allowed at least, before it times out
 _SOCKET_PATH_MAX = 104  # sun_path, less its terminating NUL, on the strictest systems
 
 
@@ -93,7 +104,7 @@ class OpenSSHTransport(Transport):
             try:
                 code = subprocess.run(
                     ["ssh", *self._options(), "-o", "ControlMaster=yes", "-o", "ControlPersist=300",
-                     "-f", "-N", self.target.host],
+                     "-f", "-N", "--", self.target.host],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=sink,
                     timeout=self.target.connect_timeout + 5).returncode
             except subprocess.TimeoutExpired:
@@ -111,24 +122,39 @@ class OpenSSHTransport(Transport):
         last = err.strip().splitlines()[-1] if err.strip() else "no error text"
         raise TransientError(f"SSH to {self._where} failed: {last}")
 
-    def _ssh(self, argv: list[str], stdin: bytes | None, timeout: float) -> tuple[int, bytes, str]:
+    def _ssh(self, argv: list[str], stdin: bytes | None, timeout: float, *,
+             source: BinaryIO | None = None, sink: BinaryIO | None = None) -> tuple[int, bytes, str]:
+        """One command over the master. `source`/`sink`: a file for the command's stdin or
+        stdout, handed to the `ssh` process as is (the bytes never pass through us)."""
         self.round_trips += 1
         self._ensure_master()
+        command = ["ssh", *self._options(), "-o", "ControlMaster=no", "--", self.target.host, shlex.join(argv)]
+        stdout = subprocess.PIPE if sink is None else sink
         try:
-            proc = subprocess.run(
-                ["ssh", *self._options(), "-o", "ControlMaster=no", self.target.host, "--", shlex.join(argv)],
-                input=stdin or b"", capture_output=True, timeout=timeout)
+            if source is None:
+                proc = subprocess.run(command, input=stdin or b"", stdout=stdout, stderr=subprocess.PIPE,
+                                      timeout=timeout)
+            else:
+                proc = subprocess.run(command, stdin=source, stdout=stdout, stderr=subprocess.PIPE,
+                                      timeout=timeout)
         except subprocess.TimeoutExpired:
             raise TransientError(f"`{argv[0]}` on {self._where} did not answer within {timeout:g}s") from None
         err = proc.stderr.decode("utf-8", "replace")
         if proc.returncode == 255 and err.strip():
             self._drop_master()  # the next call builds a new one, with fresh credentials
             self._raise_link_error(err)
-        return proc.returncode, proc.stdout, err
+        return proc.returncode, proc.stdout or b"", err
 
     def run(self, argv: list[str], timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
         code, out, err = self._ssh(argv, stdin, timeout)
         return CommandResult(code, out.decode("utf-8", "replace"), err)
+
+    def interactive_argv(self, remote: list[str], tty: bool) -> list[str]:
+        """`ssh -t` with this transport's strict options and a fresh 0600 key copy; no master
+        (the session is the caller's, replacing its process)."""
+        self._refresh_credentials()
+        return ["ssh", *self._options(), "-o", "ControlPath=none", "-t" if tty else "-T", "--",
+                self.target.host, shlex.join(remote)]
 
     def read_from(self, path: str, offset: int, limit: int = READ_LIMIT) -> bytes | None:
         return self.read_files([(path, offset, limit)])[0]
@@ -138,8 +164,8 @@ class OpenSSHTransport(Transport):
         after a fault, over the master)."""
         if self._remote is None or not self._remote.alive:
             self._ensure_master()
-            self._remote = RemoteShell(["ssh", *self._options(), "-o", "ControlMaster=no", self.target.host,
-                                        "--", "exec sh"], self.dir / "shell.log")
+            self._remote = RemoteShell(["ssh", *self._options(), "-o", "ControlMaster=no", "--", self.target.host,
+                                        "exec sh"], self.dir / "shell.log")
         return self._remote
 
     def read_files(self, reads: list[tuple[str, int, int]]) -> list[bytes | None]:
@@ -184,26 +210,37 @@ class OpenSSHTransport(Transport):
         return self._test("-d", path)
 
     def listdir(self, path: str) -> list[str]:
-        result = self.run(["ls", "-A1", "--", path])
-        if not result.ok:
-            raise FileNotFoundError(path)
-        return sorted(result.stdout.splitlines())
+        code, out, err = self._ssh(["sh", "-c", _LIST, "sh", path], None, 60)
+        if code != 0:
+            raise _file_error(path, err, code)
+        return sorted(name.decode("utf-8", "surrogateescape") for name in out.split(b"\0") if name)
 
     def upload(self, local_path: str, remote_path: str) -> None:
-        self.write_file(remote_path, Path(local_path).read_bytes(), 0o600)
+        """The local file is the `ssh` process's stdin: streamed, whatever its size."""
+        with open(local_path, "rb") as source:
+            size = os.fstat(source.fileno()).st_size
+            code, _, err = self._ssh(["sh", "-c", _WRITE, "sh", remote_path, "600"], None,
+                                     _transfer_timeout(size), source=source)
+        if code != 0:
+            raise _file_error(remote_path, err, code)
 
     def download(self, remote_path: str, local_path: str) -> None:
-        code, out, err = self._ssh(["cat", "--", remote_path], None, 300)
+        """The `ssh` process writes the local file itself: streamed, whatever its size."""
+        code, size, err = self._ssh(["stat", "-L", "-c", "%s", "--", remote_path], None, 30)
         if code != 0:
-            raise TransientError(f"downloading {remote_path} failed: {err.strip() or code}")
-        Path(local_path).write_bytes(out)
+            raise _file_error(remote_path, err, code)
+        with open(local_path, "wb") as sink:
+            code, _, err = self._ssh(["cat", "--", remote_path], None,
+                                     _transfer_timeout(int(size) if size.strip().isdigit() else 0), sink=sink)
+        if code != 0:
+            raise _file_error(remote_path, err, code)
 
     def home(self) -> str:
         return self.run(["pwd"]).stdout.strip()
 
     def _drop_master(self) -> None:
         if (self.dir / "master").exists():
-            subprocess.run(["ssh", *self._options(), "-O", "exit", self.target.host],
+            subprocess.run(["ssh", *self._options(), "-O", "exit", "--", self.target.host],
                            stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
             (self.dir / "master").unlink(missing_ok=True)
 
@@ -213,3 +250,17 @@ class OpenSSHTransport(Transport):
             self._remote = None
         self._drop_master()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _transfer_timeout(size: int) -> float:
+    """A staged file's time: a minute, plus its size at the slowest rate we wait for."""
+    return 60.0 + size / _TRANSFER_RATE
+
+
+def _file_error(path: str, err: str, code: int) -> OSError:
+    """A command that ran but failed on a file: the file's fault, not the link's (a retry
+    cannot help). An OSError with the errno its stderr names (FileNotFoundError, …)."""
+    said = err.strip().splitlines()
+    reason = said[-1].rsplit(": ", 1)[-1] if said else f"exit {code}"
+    number = next((n for text, n in _ERRNOS if text in reason), errno.EIO)
+    return OSError(number, reason, path)
