@@ -150,12 +150,12 @@ def test_submit_body_maps_resources_per_version():
     legacy = api.submit_body("v0.0.38", request)["job"]
     assert legacy["nodes"] == [1, 1]  # v0.0.38: [min, max]
     assert legacy["memory_per_node"] == 1500
-    assert legacy["gpus"] == "2"
+    assert legacy["gres"] == "gpu:2"
     assert legacy["standard_error"] == "/w/e"
     new = api.submit_body("v0.0.41", request)["job"]
     assert new["nodes"] == "1"  # a count range string
     assert new["memory_per_node"] == {"set": True, "infinite": False, "number": 1500}
-    assert new["tres_per_job"] == "gres/gpu:2" and "gpus" not in new
+    assert new["tres_per_node"] == "gres/gpu:2" and "gres" not in new
     for job in (legacy, new):
         picked = (job["cpus_per_task"], job["tasks"], job["account"], job["qos"], job["requeue"])
         assert picked == (2, 3, "proj", "normal", False)
@@ -163,6 +163,15 @@ def test_submit_body_maps_resources_per_version():
     assert api.submit_body("v0.0.38", bare)["job"]["environment"]  # 22.05 refuses an empty one
     assert api.submit_body("v0.0.41", bare)["job"]["environment"]
     assert "time_limit" not in api.submit_body("v0.0.41", bare)["job"]
+    typed = SubmitRequest(script="#!/bin/sh\n", name="n", workdir="/w", stdout="/w/o", gpus=1, gpu_type="a100",
+                          constraints="intel", reservation="maint", time_limit_minutes=0)
+    legacy, new = api.submit_body("v0.0.38", typed)["job"], api.submit_body("v0.0.40", typed)["job"]
+    assert (legacy["gres"], new["tres_per_node"]) == ("gpu:a100:1", "gres/gpu:a100:1")
+    assert legacy["constraints"] == new["constraints"] == "intel"
+    assert legacy["reservation"] == new["reservation"] == "maint"
+    # no limit: SLURM's INFINITE (the testbed's 22.05 shows TimeLimit=UNLIMITED for it)
+    assert legacy["time_limit"] == 4294967295
+    assert new["time_limit"] == {"set": False, "infinite": True, "number": 0}
 
 
 def test_an_empty_environment_is_refused_by_2205():

@@ -142,7 +142,9 @@ def jobs_query(version: str, since: int | None) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class SubmitRequest:
-    """What the backend asks slurmrestd for, in SLURM's own terms (minutes, megabytes)."""
+    """What the backend asks slurmrestd for, in SLURM's own terms (minutes, megabytes).
+
+    slurmrestd reads no `#SBATCH` line of the script: everything the job asks for is here."""
 
     script: str
     name: str
@@ -150,7 +152,7 @@ class SubmitRequest:
     stdout: str
     stderr: str | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
-    time_limit_minutes: int | None = None
+    time_limit_minutes: int | None = None  # 0: no limit (SLURM's INFINITE)
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -159,8 +161,13 @@ class SubmitRequest:
     memory_per_node_mb: int | None = None
     nodes: int | None = None
     tasks: int | None = None
-    gpus: int | None = None
+    gpus: int | None = None  # per node, as `--gres=gpu:N`
+    gpu_type: str | None = None
+    constraints: str | None = None
+    reservation: str | None = None
     requeue: bool | None = None
+
+INFINITE = 0xFFFFFFFF  # SLURM's "no limit" for a 32-bit field (v0.0.38 takes it as a number)
 
 
 def _number(value: int) -> dict[str, Any]:
@@ -184,11 +191,15 @@ def submit_body(version: str, request: SubmitRequest) -> dict[str, Any]:
     else:
         job["environment"] = [f"{k}={v}" for k, v in env.items()] or ["PATH=/usr/bin:/bin"]
     for key, value in (("partition", request.partition), ("account", request.account),
-                       ("qos", request.qos), ("comment", request.comment)):
+                       ("qos", request.qos), ("comment", request.comment),
+                       ("constraints", request.constraints), ("reservation", request.reservation)):
         if value:
             job[key] = value
-    if request.time_limit_minutes is not None:
-        job["time_limit"] = request.time_limit_minutes if legacy else _number(request.time_limit_minutes)
+    minutes = request.time_limit_minutes
+    if minutes == 0:
+        job["time_limit"] = INFINITE if legacy else {"set": False, "infinite": True, "number": 0}
+    elif minutes is not None:
+        job["time_limit"] = minutes if legacy else _number(minutes)
     if request.memory_per_node_mb is not None:
         job["memory_per_node"] = request.memory_per_node_mb if legacy else _number(request.memory_per_node_mb)
     if request.cpus_per_task is not None:
@@ -199,11 +210,12 @@ def submit_body(version: str, request: SubmitRequest) -> dict[str, Any]:
     if request.tasks is not None:
         job["tasks"] = request.tasks
     if request.gpus:
-        # v0.0.38 has `gpus` (sbatch --gpus); v0.0.40+ dropped it for the TRES form sbatch sends
+        # per node, as sbatch --gres sends it: `gres` in v0.0.38, the TRES form in v0.0.40+
+        gpu = f"gpu:{request.gpu_type}:{request.gpus}" if request.gpu_type else f"gpu:{request.gpus}"
         if legacy:
-            job["gpus"] = str(request.gpus)
+            job["gres"] = gpu
         else:
-            job["tres_per_job"] = f"gres/gpu:{request.gpus}"
+            job["tres_per_node"] = f"gres/{gpu}"
     if request.requeue is not None:
         job["requeue"] = request.requeue
     if legacy:
