@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 
 from connector import process_env
-from connector.backends import backend_class
+from connector.backends.relay import choose_backend
 from connector.errors import ConnectorError, InternalError, ProfileError, SpecError
 from connector.lifecycle import DEFAULT_SUBMIT_TIMEOUT, DEFAULT_TAIL_INTERVAL, Connector, Timing, read_pod_info
 from connector.outcome import termination_path
@@ -68,7 +68,7 @@ def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
             Path(state_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ProfileError(f"--state-dir {state_dir} cannot be created: {exc.strerror}") from None
-    backend = backend_class(profile.backend)(profile, runtime_dir=state_dir)
+    backend = choose_backend(profile, state_dir, spec)  # direct, or through the relay (docs/relay.md)
     period = spec.poll_interval or profile.monitoring_period or DEFAULT_POLL_INTERVAL
     try:
         tail = float(profile.setting("tail_interval", DEFAULT_TAIL_INTERVAL))

@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "testbed": ("testbed.cli:testbed", "Start, stop and describe the local SLURM testbed."),
     "e2e": ("e2e.cluster.cli:e2e", "The local Kubernetes cluster used by the e2e tests."),
     "jobs": ("webhook.jobs_cli:jobs", "List offloaded pods with their HPC job id and state."),
+    "relay": ("relay.cli:relay", "Serve the relay: one site session per profile for every connector."),
 }
 
 
