@@ -36,10 +36,11 @@ def configuration(kind: str, host: str) -> dict[str, object]:
         return {**(ssh if kind == "sge-ssh" else {}), "workdir": workdir,
                 "queue": layout.SGE_QUEUE, "pe": layout.SGE_PE,
                 "runtime": "charliecloud", "image": str(image.image_dir())}
-    if kind == "slurm-rest":
+    if kind == "slurm-rest":  # control over REST; output and files over SSH (drop host: REST only)
         return {"endpoint": rest.url(host), "user": layout.TEST_USER,
                 "api_version": layout.REST_API_VERSION, "workdir": workdir,
-                "partition": layout.PARTITION}
+                "partition": layout.PARTITION, "host": host, "port": layout.SSH_PORT,
+                "runtime": "charliecloud", "image": str(image.image_dir())}
     raise ValueError(f"unknown profile type {kind!r}; expected one of {', '.join(TYPES)}")
 
 
@@ -57,10 +58,10 @@ def files(kind: str, host: str) -> tuple[dict[str, str], dict[str, str]]:
         "monitoring_period": MONITORING_PERIOD,
     }
     secret: dict[str, str] = {}
-    if kind in ("slurm-ssh", "sge-ssh"):
+    if kind in ("slurm-ssh", "sge-ssh", "slurm-rest"):
         secret["ssh-privatekey"] = layout.CLIENT_KEY.read_text()
         secret["known_hosts"] = _known_hosts_for(host)
-    elif kind == "slurm-rest":
+    if kind == "slurm-rest":
         secret["token"] = slurm_token(layout.TEST_USER, TOKEN_LIFESPAN)
     return data, secret
 
@@ -119,5 +120,6 @@ def check_ready(kind: str, host: str) -> None:
     if host not in listen.remembered():
         raise ProfileError(f"the testbed does not listen on {host}; run "
                            f"`hpc-offload testbed up --listen {host}` first")
-    if kind in ("slurm-ssh", "sge-ssh") and not (layout.KNOWN_HOSTS.exists() and layout.CLIENT_KEY.exists()):
+    if kind in ("slurm-ssh", "sge-ssh", "slurm-rest") and not (layout.KNOWN_HOSTS.exists()
+                                                             and layout.CLIENT_KEY.exists()):
         raise ProfileError("the testbed has no SSH keys yet; run `hpc-offload testbed up`")

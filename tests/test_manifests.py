@@ -22,7 +22,10 @@ from webhook.policy import Policy
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = ROOT / "manifests" / "overlays"
 NS = "hpc-offload"
-CEL = "has(object.metadata.annotations) && 'hpc.offload/backend' in object.metadata.annotations"
+MWC_FILE = ROOT / "manifests" / "base" / "mutatingwebhookconfiguration.yaml"
+# the matchCondition (issue 12 item 7): exercised against a real API server in
+# tests/test_security_apiserver.py
+CEL = yaml.safe_load(MWC_FILE.read_text())["webhooks"][0]["matchConditions"][0]["expression"]
 IMAGES = {"self-signed": "hpc-offload:0.1.0", "cert-manager": "hpc-offload:0.1.0",
           "dev": "hpc-offload:dev"}
 
@@ -97,7 +100,8 @@ def test_webhook_configuration(overlay: str) -> None:
     assert expr["key"] == "kubernetes.io/metadata.name" and expr["operator"] == "NotIn"
     assert set(expr["values"]) == {"kube-system", NS}
     [rule] = hook["rules"]
-    assert rule["operations"] == ["CREATE"] and rule["resources"] == ["pods"]
+    assert rule["operations"] == ["CREATE", "UPDATE"] and rule["resources"] == ["pods"]
+    assert "oldObject" in CEL and "hpc.offload/" in CEL
     assert rule["apiGroups"] == [""] and rule["apiVersions"] == ["v1"]
     assert hook["clientConfig"]["service"] == {
         "name": "hpc-offload-webhook", "namespace": NS, "path": "/mutate", "port": 443}

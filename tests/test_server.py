@@ -155,7 +155,7 @@ def test_annotated_pod_is_mutated_with_a_patch_that_applies(server):
     container = patched["spec"]["containers"][0]
     assert container["name"] == "train"
     assert container["image"] != "ghcr.io/example/train:1.4"
-    assert container["command"][:2] == ["hpc-connector", "run"]
+    assert container["command"][1:5] == ["-I", "-m", "connector.cli", "run"]
     assert patched["metadata"]["annotations"]["hpc.offload/status"] == "injected"
     spec = json.loads(patched["metadata"]["annotations"]["hpc.offload/job-spec"])
     assert "ghcr.io/example/train:1.4" in json.dumps(spec)

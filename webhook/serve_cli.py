@@ -1,7 +1,9 @@
 """`hpc-offload serve`: the webhook over TLS, in gunicorn (programmatic, no config file).
 
-gthread workers keep the API server's connections alive; the serving certificate is re-read
-when its files change (webhook.tls); metrics are summed across workers (webhook.metrics).
+gthread workers keep the API server's connections alive, and read each request whole before a
+thread takes it, within a time limit (webhook.worker: slow clients cannot hold the threads);
+the serving certificate is re-read when its files change (webhook.tls); metrics are summed
+across workers (webhook.metrics).
 """
 
 from __future__ import annotations
@@ -96,17 +98,23 @@ def _child_exit(_server: Any, worker: Any) -> None:
               help="Cluster policy file, reloaded on change (default: the config's).")
 @click.option("--metrics-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Directory for per-worker metric files (default: a temporary one).")
+@click.option("--read-timeout", type=click.FloatRange(min=0.1, max=300), default=5.0,
+              show_default=True,
+              help="Seconds a client has to send a whole request (headers and body); then the "
+                   "connection is closed. The API server's own limit is the webhook's "
+                   "timeoutSeconds.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def serve(cert: str, key: str, bind: str, workers: int, threads: int,
           config_path: str | None, policy_path: str | None, metrics_dir: Path | None,
-          log_level: str) -> None:
+          read_timeout: float, log_level: str) -> None:
     """Serve the admission webhook over TLS (gunicorn)."""
     metrics_path, ours = prepare_metrics_dir(metrics_dir)
     master = os.getpid()
     try:
         from webhook.logging_setup import configure, logconfig_dict
         from webhook.tls import ReloadingContext
+        from webhook.worker import BufferedThreadWorker
 
         configure(log_level)
         # Fail here, with a readable message, rather than in every worker at boot.
@@ -121,7 +129,7 @@ def serve(cert: str, key: str, bind: str, workers: int, threads: int,
             "bind": [bind],
             "workers": workers,
             "threads": threads,
-            "worker_class": "gthread",
+            "worker_class": BufferedThreadWorker,
             "certfile": cert,
             "keyfile": key,
             "ssl_context": tls.gunicorn_hook(),
@@ -138,6 +146,7 @@ def serve(cert: str, key: str, bind: str, workers: int, threads: int,
             # server (replica, test, bench) would take it over. Not needed here.
             "control_socket_disable": True,
         }
+        BufferedThreadWorker.read_timeout = read_timeout  # the workers are forked from here
         _gunicorn_app(options, config_path, policy_path, tls).run()
     finally:
         if ours and os.getpid() == master:  # forked workers unwind through here too

@@ -89,11 +89,36 @@ def sge_targets(profiles: dict[str, Path]) -> list[Target]:
     ]
 
 
+def _tampered_token(directory: Path) -> None:
+    """The token with its signature altered: slurmctld refuses it (slurmrestd says only
+    "Unspecified error", so the connector keeps retrying and says the token may be the cause)."""
+    head, payload, signature = (directory / "token").read_text().strip().split(".")
+    (directory / "token").write_text(f"{head}.{payload}.{signature[::-1]}")
+
+
+def slurm_rest_targets(profiles: dict[str, Path]) -> list[Target]:
+    """slurmrestd of the testbed with the Secret's token, output over SSH (profile written here)."""
+    import tempfile
+
+    from testbed import profile
+
+    directory = Path(tempfile.mkdtemp(prefix="contract-slurm-rest-"))
+    profile.write_dir(directory, "slurm-rest", "127.0.0.1")
+    limit = {"resources": {"time_limit": 60}, "poll_interval": 2}
+    return [Target("slurm-rest", "slurm-rest", directory, _slurm_in_queue, _slurm_jobs_tagged,
+                   _tampered_token, limit)]
+
+
 # Every target family: a function of the session's profile dirs. Backends add theirs here.
 TARGET_FAMILIES: list[Callable[[dict[str, Path]], list[Target]]] = [slurm_targets, sge_targets]
 TARGET_NAMES = ["slurm-ssh-paramiko", "slurm-ssh-openssh", "slurm-local",
                 "sge-ssh-paramiko", "sge-ssh-openssh", "sge-local"]
 ONE_PER_MANAGER = ["slurm-local", "sge-local"]  # for what depends on the manager only (the time limit)
+
+# slurm-rest: SLURM again, but its own time limit test (the limit travels in the REST request)
+TARGET_FAMILIES.append(slurm_rest_targets)
+TARGET_NAMES.append("slurm-rest")
+ONE_PER_MANAGER.append("slurm-rest")
 
 
 def copy_profile(source: Path, destination: Path) -> Path:

@@ -1,0 +1,63 @@
+"""Issue 12 in manifests/: item 7 (UPDATE reaches the webhook), item 10 (NetworkPolicy),
+item 17 (the certificate job's rights named by resourceNames). Built with kubectl's own
+kustomize; the admission behaviour of the configuration is tested against a real API server
+in tests/test_security_apiserver.py."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.test_manifests import IMAGES, NS, build, of_kind, one, webhook_pod
+
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+
+
+
+@pytest.mark.parametrize("overlay", sorted(IMAGES))
+def test_item10_webhook_pods_have_a_network_policy(overlay: str) -> None:
+    """Item 10: only HTTPS on the serving port reaches the webhook's pods, and they open no
+    connection themselves."""
+    objs = build(overlay)
+    policy = one(objs, "NetworkPolicy", "hpc-offload-webhook")
+    assert policy["metadata"]["namespace"] == NS
+    labels = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["egress"] == []
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 8443, "protocol": "TCP"}]
+    container = webhook_pod(objs)["containers"][0]
+    assert {"name": "https", "containerPort": 8443, "protocol": "TCP"} in container["ports"]
+    assert "--bind=0.0.0.0:8443" in container["args"]
+
+
+@pytest.mark.parametrize("overlay", sorted(IMAGES))
+def test_item7_updates_of_annotated_pods_reach_the_webhook(overlay: str) -> None:
+    """Item 7: the configuration sends UPDATEs too, and its condition reads oldObject so a
+    removed annotation is caught."""
+    [hook] = one(build(overlay), "MutatingWebhookConfiguration", "hpc-offload")["webhooks"]
+    [rule] = hook["rules"]
+    assert rule["operations"] == ["CREATE", "UPDATE"]
+    [condition] = hook["matchConditions"]
+    assert "oldObject.metadata.annotations" in condition["expression"]
+    assert "startsWith('hpc.offload/')" in condition["expression"]
+
+
+@pytest.mark.parametrize("overlay", ["self-signed", "dev"])
+def test_item17_certificate_rights_are_named(overlay: str) -> None:
+    """Item 17: the certificate job may touch only its own Secret and webhook configuration:
+    every rule naming an existing object is limited by resourceNames (create, which cannot
+    name its object, is the one exception Kubernetes forces)."""
+    objs = build(overlay)
+    for role in of_kind(objs, "ClusterRole") + of_kind(objs, "Role"):
+        for rule in role["rules"]:
+            if rule["verbs"] == ["create"]:
+                continue
+            assert rule.get("resourceNames"), (role["metadata"]["name"], rule)
+    [cluster_role] = of_kind(objs, "ClusterRole")
+    assert cluster_role["rules"] == [{
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["mutatingwebhookconfigurations"], "resourceNames": ["hpc-offload"],
+        "verbs": ["get", "patch"]}]
