@@ -169,6 +169,11 @@ def test_submit_body_maps_resources_per_version():
     assert (legacy["gres"], new["tres_per_node"]) == ("gpu:a100:1", "gres/gpu:a100:1")
     assert legacy["constraints"] == new["constraints"] == "intel"
     assert legacy["reservation"] == new["reservation"] == "maint"
+    assert "open_mode" not in legacy
+    appended = SubmitRequest(script="#!/bin/sh\n", name="n", workdir="/w", stdout="/w/o", append_output=True, nice=5)
+    assert api.submit_body("v0.0.38", appended)["job"]["open_mode"] == "append"
+    assert api.submit_body("v0.0.41", appended)["job"]["open_mode"] == ["APPEND"]
+    assert api.submit_body("v0.0.41", appended)["job"]["nice"] == 5
     # no limit: SLURM's INFINITE (the testbed's 22.05 shows TimeLimit=UNLIMITED for it)
     assert legacy["time_limit"] == 4294967295
     assert new["time_limit"] == {"set": False, "infinite": True, "number": 0}

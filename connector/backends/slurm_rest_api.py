@@ -33,6 +33,7 @@ ESLURM_ACCESS_DENIED = 2002
 ESLURM_USER_ID_MISSING = 2010
 ESLURM_INVALID_JOB_ID = 2017
 ESLURM_TRANSITION_STATE_NO_UPDATE = 2020  # "try again later"
+ESLURM_ALREADY_DONE = 2021  # "Job/step already completing or completed": nothing to cancel
 ESLURM_IN_STANDBY_MODE = 2027
 ESLURM_AUTH_CRED_INVALID = 6000  # 6000-6008: the credential itself
 
@@ -166,6 +167,8 @@ class SubmitRequest:
     constraints: str | None = None
     reservation: str | None = None
     requeue: bool | None = None
+    nice: int | None = None
+    append_output: bool = False  # a requeued job appends to its output instead of truncating it
 
 INFINITE = 0xFFFFFFFF  # SLURM's "no limit" for a 32-bit field (v0.0.38 takes it as a number)
 
@@ -218,6 +221,10 @@ def submit_body(version: str, request: SubmitRequest) -> dict[str, Any]:
             job["tres_per_node"] = f"gres/{gpu}"
     if request.requeue is not None:
         job["requeue"] = request.requeue
+    if request.nice is not None:
+        job["nice"] = request.nice
+    if request.append_output:
+        job["open_mode"] = "append" if legacy else ["APPEND"]
     if legacy:
         return {"script": request.script, "job": job}
     job["script"] = request.script  # the top-level `script` is deprecated in v0.0.41
