@@ -127,6 +127,7 @@ def profile(kind: str, name: str, host: str, directory: Path | None) -> None:
     TYPE slurm-ssh:   host/port/user/workdir + ssh-privatekey and known_hosts
     TYPE slurm-local: workdir only (the connector runs sbatch itself)
     TYPE slurm-rest:  endpoint + a 24 h token from `scontrol token`
+    TYPE rimrock:     endpoint (:6830) + login host + a 7-day proxy from the testbed grid CA
     TYPE sge-ssh:     as slurm-ssh, for Grid Engine (queue all.q, parallel environment smp)
     TYPE sge-local:   workdir, queue and pe only (the connector runs qsub itself)
     The Secret's values are credentials: they only go to stdout (or 0600 files).

@@ -14,11 +14,13 @@ from pathlib import Path
 import yaml
 
 from . import image, layout, listen, rest
+from .rimrock import service as rimrock_service
 from .slurm import token as slurm_token
 
-TYPES = ("slurm-ssh", "slurm-local", "slurm-rest", "sge-ssh", "sge-local")
+TYPES = ("slurm-ssh", "slurm-local", "slurm-rest", "sge-ssh", "sge-local", "rimrock")
 MONITORING_PERIOD = "2"
 TOKEN_LIFESPAN = 86400
+PROXY_LIFETIME = 7 * 86400  # a grid proxy, as voms-proxy-init -valid 168:00
 
 
 def configuration(kind: str, host: str) -> dict[str, object]:
@@ -41,6 +43,10 @@ def configuration(kind: str, host: str) -> dict[str, object]:
                 "api_version": layout.REST_API_VERSION, "workdir": workdir,
                 "partition": layout.PARTITION, "host": host, "port": layout.SSH_PORT,
                 "runtime": "charliecloud", "image": str(image.image_dir())}
+    if kind == "rimrock":  # `host` is the login node Rimrock submits to, by its name
+        return {"endpoint": rimrock_service.url(host), "host": rimrock_service.login_host(),
+                "workdir": workdir, "partition": layout.PARTITION, "runtime": "charliecloud",
+                "image": str(image.image_dir()), "tail_interval": 1}
     raise ValueError(f"unknown profile type {kind!r}; expected one of {', '.join(TYPES)}")
 
 
@@ -63,6 +69,8 @@ def files(kind: str, host: str) -> tuple[dict[str, str], dict[str, str]]:
         secret["known_hosts"] = _known_hosts_for(host)
     if kind == "slurm-rest":
         secret["token"] = slurm_token(layout.TEST_USER, TOKEN_LIFESPAN)
+    elif kind == "rimrock":
+        secret["proxy"] = rimrock_service.proxy(lifetime=PROXY_LIFETIME)
     return data, secret
 
 
@@ -123,3 +131,5 @@ def check_ready(kind: str, host: str) -> None:
     if kind in ("slurm-ssh", "sge-ssh", "slurm-rest") and not (layout.KNOWN_HOSTS.exists()
                                                              and layout.CLIENT_KEY.exists()):
         raise ProfileError("the testbed has no SSH keys yet; run `hpc-offload testbed up`")
+    if kind == "rimrock" and not rimrock_service.CA_FILE.exists():
+        raise ProfileError("the testbed has no grid CA yet; run `hpc-offload testbed up`")

@@ -259,6 +259,39 @@ def test_output_download_whole_and_by_range(api_):
     assert requests.get(job["stdout_path"], timeout=30).status_code == 403  # no proxy
 
 
+# --- Rimrock's command API and PLGData's upload --------------------------------------------
+
+def test_process_runs_one_command_as_the_user(api_):
+    r = api_.http.post(f"{api_.url}/api/process", json={
+        "host": api_.host, "command": "id -un; pwd; echo err >&2; exit 3", "working_directory": "/tmp"},
+        timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"exit_code": 3, "standard_output": "hpcuser\n/tmp", "error_output": "err\n",
+                        "status": "OK", "error_message": None}
+    no_host = api_.http.post(f"{api_.url}/api/process", json={"command": "true"}, timeout=30)
+    assert no_host.status_code == 422 and no_host.json()["status"] == "ERROR"
+    assert requests.post(f"{api_.url}/api/process", json={"host": api_.host, "command": "id"},
+                         timeout=30).status_code == 403
+
+
+def test_upload_writes_a_0600_file_as_the_user(api_):
+    import pwd
+    import stat
+
+    directory = f"{WORKDIR}/upload-{uuid.uuid4().hex[:8]}/deeper"
+    r = api_.http.post(f"{api_.url}/upload/{directory}", files={"file": ("job.env", b"export A=1\n")},
+                       data={"recursive": "true", "locale": "en"}, timeout=30)
+    assert r.status_code == 200, r.text
+    written = Path(directory) / "job.env"
+    info = written.stat()
+    assert written.read_bytes() == b"export A=1\n"
+    assert stat.S_IMODE(info.st_mode) == 0o600 and pwd.getpwuid(info.st_uid).pw_name == "hpcuser"
+    bad_name = api_.http.post(f"{api_.url}/upload/{directory}", files={"file": ("..", b"x")}, timeout=30)
+    assert bad_name.status_code == 400
+    anonymous = requests.post(f"{api_.url}/upload/{directory}", files={"file": ("other", b"x")}, timeout=30)
+    assert anonymous.status_code == 403 and not (Path(directory) / "other").exists()
+
+
 # --- errors --------------------------------------------------------------------------------
 
 def test_sbatch_refusal_is_500_with_the_scripts_exit_code(api_):

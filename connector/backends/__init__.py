@@ -14,6 +14,7 @@ GROUP = "hpc_offload.backends"
 BUILTIN = {
     "slurm-ssh": "connector.backends.slurm_ssh:SlurmSSHBackend",
     "slurm-local": "connector.backends.slurm_local:SlurmLocalBackend",
+    "rimrock": "connector.backends.rimrock:RimrockBackend",
     "slurm-rest": "connector.backends.slurm_rest:SlurmRestBackend",
     "sge-ssh": "connector.backends.sge_ssh:SgeSSHBackend",
     "sge-local": "connector.backends.sge_local:SgeLocalBackend",

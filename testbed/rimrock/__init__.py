@@ -21,6 +21,11 @@ Routes (`JobsController`), all under the `PROXY` header (base64 of the proxy PEM
   Rimrock serves no files; PLGData does, with the same PROXY header. This server plays both
   (its own address as the PLGData URL) and honours one `Range: bytes=…` (206; 416 past the
   end) — PLGData's own range support is not documented, so that part is this server's.
+- `POST /api/process` {host, command, working_directory} (`RunController`): the command
+  in a login shell on the host, 10 s limit → 200 {status: "OK", exit_code, standard_output,
+  error_output}; 408 past the limit; 422 without host (its one validated field).
+- PLGData as Rimrock uses it (`FileManager`): `POST /upload/<dir>` multipart `file` (with
+  `recursive=true` the directory is made); files are written 0600 here.
 - Statuses: QUEUED, RUNNING, FINISHED, ERROR, ABORTED, and "" for a SLURM state outside the
   status script's table (e.g. OUT_OF_MEMORY, BOOT_FAIL, DEADLINE). No exit code anywhere.
 

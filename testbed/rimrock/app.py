@@ -11,6 +11,7 @@ import binascii
 import json
 import logging
 import posixpath
+import shlex
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ log = logging.getLogger("rimrock")
 MAX_BODY = 1 << 20
 CHUNK = 1 << 16
 DOWNLOAD_TIMEOUT = 300.0
+PROCESS_TIMEOUT = 10.0  # Rimrock's run.timeout.millis
+GUARDED = ("/api/", "/download/", "/upload/")  # everything else is a 404
 
 
 @dataclass
@@ -117,8 +120,8 @@ def create_app(config: Config) -> Flask:
     @app.before_request
     def authenticate() -> Response | None:
         """Rimrock's proxy filter guards /api/** (PLGData checks the same proxy on its
-        downloads): no usable proxy → 403 from Spring Security's default entry point."""
-        if not (request.path.startswith("/api/") or request.path.startswith("/download/")):
+        uploads and downloads): no usable proxy → 403 from Spring Security's entry point."""
+        if not request.path.startswith(GUARDED):
             return None
         header = request.headers.get("PROXY")
         reason, message = "no PROXY header", None
@@ -202,6 +205,53 @@ def create_app(config: Config) -> Flask:
         user_jobs().delete(job_id)
         return Response(status=204)
 
+    @app.post("/api/process")
+    def process() -> Response:
+        """Rimrock's RunController: one command on the host as the user (10 s limit)."""
+        data = body()
+        host = text(data, "host")
+        if host is None:
+            return _json(error_body("host: NotNull.runRequest.host, NotNull.host, NotNull", -1), 422)
+        command = text(data, "command")
+        directory = text(data, "working_directory")
+        line = "null" if command is None else command  # Java's string concatenation of a null
+        if directory is not None:
+            line = f"cd {shlex.quote(directory)}; {line}"
+        with gateway.session(host, g.login, timeout=PROCESS_TIMEOUT) as sess:
+            result = sess.run(line)
+        if result.timed_out:
+            raise RunError("timeout occurred; maximum allowed execution time for this operation "
+                           f"is {int(PROCESS_TIMEOUT * 1000)} ms", result)
+        return _json({"exit_code": result.exit_code, "standard_output": result.output.strip(),
+                      "error_output": result.error, "status": "OK", "error_message": None}, 200)
+
+    @app.post("/upload/<anypath:path>")
+    def upload(path: str) -> Response:
+        """PLGData's upload as Rimrock calls it: multipart `file`, into the directory named by
+        the path (created when `recursive` is true). Made 0600 before any byte is written."""
+        item = request.files.get("file")
+        if item is None or not item.filename or "/" in item.filename or item.filename in (".", ".."):
+            return _json(error_body("a multipart `file` with a plain file name is required"), 400)
+        directory = posixpath.normpath("/" + path.lstrip("/"))
+        target = posixpath.join(directory, item.filename)
+        recursive = request.form.get("recursive", "false").lower() == "true"
+        with gateway.session(sorted(config.node.aliases)[0], g.login) as sess:
+            if recursive:
+                made = sess.run(f"mkdir -p -- {shlex.quote(directory)}")
+                if made.exit_code != 0 or made.timed_out:
+                    return _json(error_body(f"cannot create {directory}: {made.error.strip()}"), 403)
+            try:
+                with sess.sftp().open(target, "w") as handle:
+                    handle.chmod(0o600)
+                    while chunk := item.stream.read(CHUNK):
+                        handle.write(chunk)
+            except FileNotFoundError:
+                return _json(error_body(f"No such directory: {directory}"), 404)
+            except PermissionError:
+                return _json(error_body(f"Permission denied: {target}"), 403)
+        log.info("%s uploaded %s", g.login, target)
+        return Response(status=200)
+
     @app.get("/download/<anypath:path>")
     def download(path: str) -> Response:
         """The file as the proxy's user reads it on the host; one byte range if asked."""
@@ -231,6 +281,7 @@ def create_app(config: Config) -> Flask:
             sess.close()
             return _json(error_body(f"Permission denied: {target}"), 403)
         except BaseException:
+            sess.broken = True
             sess.close()
             raise
 
@@ -243,6 +294,9 @@ def create_app(config: Config) -> Flask:
                         break
                     left -= len(chunk)
                     yield chunk
+            except BaseException:
+                sess.broken = True
+                raise
             finally:
                 handle.close()
                 sess.close()

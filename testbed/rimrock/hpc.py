@@ -3,8 +3,10 @@
 Rimrock runs each operation as one GSI-SSH login to the requested host (at most 5 at a time
 per user, `gsissh.pool.size`) with a 20 s limit, and reads the JSON its helper scripts print
 (`scripts/start`, `status`, `stop`). Here the login is plain SSH to the testbed's sshd with a
-key only this server holds, host keys checked strictly; the scripts' behaviour is reproduced
-by short commands whose every value is quoted:
+key only this server holds, host keys checked strictly, and a user's connection is kept open
+for 30 s between operations (a login per request cost 100-300 ms on this machine and load on
+sshd every engineer shares); the scripts' behaviour is reproduced by short commands whose
+every value is quoted:
 
 - start: the script is uploaded as `script-<uuid>.sh` into the working directory (created if
   missing), `sbatch` runs there; its output must end in `job <N>` (else exit 24), then
@@ -24,7 +26,7 @@ import select
 import shlex
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,27 +85,58 @@ class LoginNode:
     timeout: float = 20.0
 
 
-class Session:
-    """One SSH login as the user, for a few commands and file transfers."""
+class _Link:
+    """One authenticated SSH connection of a user (kept open between requests)."""
 
-    def __init__(self, client: paramiko.SSHClient, deadline: float) -> None:
+    def __init__(self, client: paramiko.SSHClient) -> None:
         self.client = client
+        self.sftp: paramiko.SFTPClient | None = None
+        self.idle_since = time.monotonic()
+
+    def alive(self) -> bool:
+        transport = self.client.get_transport()
+        return transport is not None and transport.is_active() and transport.is_authenticated()
+
+    def close(self) -> None:
+        if self.sftp is not None:
+            self.sftp.close()
+        self.client.close()
+
+
+class Session:
+    """A user's SSH connection lent for one operation: a few commands and file transfers
+    sharing one time limit. A reused connection that turns out dead is replaced once."""
+
+    def __init__(self, gateway: Gateway, login: str, link: _Link, reused: bool, deadline: float) -> None:
+        self.gateway, self.login, self.link, self.reused = gateway, login, link, reused
         self.deadline = deadline
-        self._sftp: paramiko.SFTPClient | None = None
-        self.on_close: Callable[[], None] | None = None
+        self.broken = False  # a command cut short, a lost connection: never lend it again
+        self._closed = False
+
+    def _left(self) -> float:
+        return max(0.1, self.deadline - time.monotonic())
+
+    def _replace(self) -> None:
+        self.link.close()
+        self.link, self.reused = self.gateway.connect(self.login), False
 
     def run(self, command: str) -> RunResult:
         """Run until it exits or the session's time is up (then timed_out, output so far)."""
-        transport = self.client.get_transport()
-        if transport is None or not transport.is_active():
-            raise ConnectError("the SSH connection to the login node was lost")
-        chan = transport.open_session(timeout=max(0.1, self.deadline - time.monotonic()))
+        try:
+            chan = self._channel()
+        except (paramiko.SSHException, EOFError, OSError):
+            if not self.reused:
+                self.broken = True
+                raise ConnectError("the SSH connection to the login node was lost") from None
+            self._replace()
+            chan = self._channel()
         out, err = bytearray(), bytearray()
         try:
             chan.exec_command(command)
             while True:
                 left = self.deadline - time.monotonic()
                 if left <= 0:
+                    self.broken = True
                     return RunResult(0, out.decode(errors="replace"), err.decode(errors="replace"),
                                      timed_out=True)
                 select.select([chan], [], [], min(left, 0.5))
@@ -116,35 +149,50 @@ class Session:
                     break
             return RunResult(chan.recv_exit_status(), out.decode(errors="replace"),
                              err.decode(errors="replace"))
+        except BaseException:
+            self.broken = True
+            raise
         finally:
             chan.close()
 
+    def _channel(self) -> paramiko.Channel:
+        transport = self.link.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise EOFError("connection closed")
+        return transport.open_session(timeout=self._left())
+
     def sftp(self) -> paramiko.SFTPClient:
-        if self._sftp is None:
-            self._sftp = self.client.open_sftp()
-            channel = self._sftp.get_channel()
-            if channel is not None:
-                channel.settimeout(max(0.1, self.deadline - time.monotonic()))
-        return self._sftp
+        if self.link.sftp is None:
+            try:
+                self.link.sftp = self.link.client.open_sftp()
+            except (paramiko.SSHException, EOFError, OSError):
+                if not self.reused:
+                    self.broken = True
+                    raise ConnectError("the SSH connection to the login node was lost") from None
+                self._replace()
+                self.link.sftp = self.link.client.open_sftp()
+        channel = self.link.sftp.get_channel()
+        if channel is not None:
+            channel.settimeout(self._left())
+        return self.link.sftp
 
     def close(self) -> None:
-        try:
-            if self._sftp is not None:
-                self._sftp.close()
-            self.client.close()
-        finally:
-            if self.on_close is not None:
-                self.on_close()
-                self.on_close = None
+        if not self._closed:
+            self._closed = True
+            self.gateway.give_back(self.login, self.link, reusable=not self.broken)
 
 
 class Gateway:
-    """Opens sessions on the login node, at most `pool_size` at a time per user."""
+    """SSH connections to the login node: at most `pool_size` operations at a time per user
+    (Rimrock's gsissh pool), connections kept open IDLE seconds between operations."""
+
+    IDLE = 30.0
 
     def __init__(self, node: LoginNode) -> None:
         self.node = node
         self._lock = threading.Lock()
         self._pools: dict[str, threading.BoundedSemaphore] = {}
+        self._idle: dict[str, list[_Link]] = {}
         self._key = paramiko.Ed25519Key.from_private_key_file(str(node.key_path))
 
     def _pool(self, login: str) -> threading.BoundedSemaphore:
@@ -155,9 +203,8 @@ class Gateway:
         if host not in self.node.aliases:
             raise ConnectError(f"java.net.UnknownHostException: {host}")
 
-    def connect(self, host: str, login: str, timeout: float | None = None) -> Session:
-        """A session whose commands share one time limit (Rimrock's 20 s per operation)."""
-        self.check_host(host)
+    def connect(self, login: str) -> _Link:
+        """A new login as the user, the host key checked against known_hosts."""
         client = paramiko.SSHClient()
         client.load_host_keys(str(self.node.known_hosts))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -167,27 +214,59 @@ class Gateway:
                            auth_timeout=10)
         except (paramiko.SSHException, OSError) as exc:
             client.close()
-            raise ConnectError(f"cannot log in to {host} as {login}: {exc}") from None
-        return Session(client, time.monotonic() + (timeout or self.node.timeout))
+            raise ConnectError(f"cannot log in to the login node as {login}: {exc}") from None
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(15)  # a dead idle connection is noticed, not lent
+        return _Link(client)
+
+    def _take_idle(self, login: str) -> _Link | None:
+        now = time.monotonic()
+        with self._lock:
+            links = self._idle.get(login, [])
+            stale = [link for link in links if now - link.idle_since > self.IDLE or not link.alive()]
+            fresh = [link for link in links if link not in stale]
+            self._idle[login] = fresh[:-1]
+            found = fresh[-1] if fresh else None
+        for link in stale:
+            link.close()
+        return found
 
     def open(self, host: str, login: str, timeout: float | None = None) -> Session:
         """A session holding one of the user's pool slots until it is closed."""
+        self.check_host(host)
         pool = self._pool(login)
         if not pool.acquire(timeout=60):
             raise ConnectError(f"more than {self.node.pool_size} sessions of {login} for a minute")
         try:
-            sess = self.connect(host, login, timeout)
+            link = self._take_idle(login)
+            reused = link is not None
+            if link is None:
+                link = self.connect(login)
         except BaseException:
             pool.release()
             raise
-        sess.on_close = pool.release
-        return sess
+        return Session(self, login, link, reused, time.monotonic() + (timeout or self.node.timeout))
+
+    def give_back(self, login: str, link: _Link, reusable: bool) -> None:
+        try:
+            if reusable and link.alive():
+                link.idle_since = time.monotonic()
+                with self._lock:
+                    self._idle.setdefault(login, []).append(link)
+            else:
+                link.close()
+        finally:
+            self._pool(login).release()
 
     @contextmanager
     def session(self, host: str, login: str, timeout: float | None = None) -> Iterator[Session]:
         sess = self.open(host, login, timeout)
         try:
             yield sess
+        except BaseException:
+            sess.broken = True
+            raise
         finally:
             sess.close()
 
@@ -258,7 +337,7 @@ def status(sess: Session, login: str, job_ids: list[str]) -> tuple[RunResult, St
         if row is None:
             continue
         result.statuses[job_id] = STATE_MAP.get(row[1], "")
-        if row[1] in HISTORY_STATES and row[6] not in ("", "N/A"):
+        if row[1] in HISTORY_STATES and row[6]:  # the script's `-n "$job_starttime"`
             result.history[job_id] = {"nodes": row[2], "cores": row[3], "wall_time": row[4],
                                       "queue_time": row[5], "start_time": row[6],
                                       "end_time": row[7]}

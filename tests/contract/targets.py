@@ -89,6 +89,43 @@ def sge_targets(profiles: dict[str, Path]) -> list[Target]:
     ]
 
 
+def _rimrock_in_queue(job_id: str) -> bool:
+    from testbed import api
+
+    return int(job_id.split(".")[0]) in api.queued_job_ids()  # Rimrock's ids: <SLURM id>.<host>
+
+
+def _rimrock_jobs_tagged(tag: str) -> list[str]:
+    """Rimrock's own record of the tag (its job table), not what the connector says."""
+    from testbed.rimrock import service
+    from testbed.rimrock.store import Store
+
+    store = Store(service.DB)
+    return [j.job_id for j in store.on_hosts("hpcuser", store.hosts("hpcuser") or ["-"], tag)]
+
+
+def _foreign_proxy(directory: Path) -> None:
+    """A proxy for the same user from a CA the server does not trust."""
+    from testbed.rimrock import pki
+
+    ca, ca_key = pki.make_ca("not the testbed's CA")
+    user, user_key = pki.make_user(ca, ca_key, "hpcuser")
+    (directory / "proxy").write_text(pki.make_proxy(user, user_key))
+
+
+def rimrock_targets(profiles: dict[str, Path]) -> list[Target]:
+    """The Rimrock-compatible server of the testbed (its profile written here: one proxy)."""
+    import tempfile
+
+    from testbed import profile
+
+    directory = Path(tempfile.mkdtemp(prefix="contract-rimrock-"))
+    profile.write_dir(directory, "rimrock", "127.0.0.1")
+    limit = {"resources": {"time_limit": 60}, "poll_interval": 2}
+    return [Target("rimrock", "slurm", directory, _rimrock_in_queue, _rimrock_jobs_tagged,
+                   _foreign_proxy, limit)]
+
+
 def _tampered_token(directory: Path) -> None:
     """The token with its signature altered: slurmctld refuses it (slurmrestd says only
     "Unspecified error", so the connector keeps retrying and says the token may be the cause)."""
@@ -110,9 +147,9 @@ def slurm_rest_targets(profiles: dict[str, Path]) -> list[Target]:
 
 
 # Every target family: a function of the session's profile dirs. Backends add theirs here.
-TARGET_FAMILIES: list[Callable[[dict[str, Path]], list[Target]]] = [slurm_targets, sge_targets]
+TARGET_FAMILIES: list[Callable[[dict[str, Path]], list[Target]]] = [slurm_targets, sge_targets, rimrock_targets]
 TARGET_NAMES = ["slurm-ssh-paramiko", "slurm-ssh-openssh", "slurm-local",
-                "sge-ssh-paramiko", "sge-ssh-openssh", "sge-local"]
+                "sge-ssh-paramiko", "sge-ssh-openssh", "sge-local", "rimrock"]
 ONE_PER_MANAGER = ["slurm-local", "sge-local"]  # for what depends on the manager only (the time limit)
 
 # slurm-rest: SLURM again, but its own time limit test (the limit travels in the REST request)
