@@ -32,6 +32,19 @@ T = TypeVar("T")
 _LINK_ERRORS = (OSError, EOFError, socket.timeout, paramiko.SSHException)
 
 
+def _create(sftp: SFTPClient, path: str, mode: int) -> paramiko.SFTPFile:
+    """Open for writing with `mode` in the OPEN request itself: paramiko's open() sends no
+    attributes, so a new file had the server's default mode (0644) until a chmod one round
+    trip later, long enough for another user on the login node to open it (issue 12, 17)."""
+    attrs = paramiko.SFTPAttributes()
+    attrs.st_mode = mode
+    flags = paramiko.sftp.SFTP_FLAG_WRITE | paramiko.sftp.SFTP_FLAG_CREATE | paramiko.sftp.SFTP_FLAG_TRUNC
+    kind, msg = sftp._request(paramiko.sftp.CMD_OPEN, sftp._adjust_cwd(path), flags, attrs)  # type: ignore[attr-defined]
+    if kind != paramiko.sftp.CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    return paramiko.SFTPFile(sftp, msg.get_binary(), "wb")
+
+
 def _open_socket(target: SSHTarget) -> socket.socket:
     """A TCP connection with Nagle off. paramiko leaves it on, and every small SSH packet
     (a channel request, a command's stdin) then waits for the peer's delayed ACK: ~40 ms a
@@ -184,8 +197,8 @@ class SSHTransport(Transport):
     def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
         def write() -> None:
             sftp = self._sftp_client()
-            with sftp.open(path, "wb") as handle:
-                handle.chmod(mode)  # before the content: no window with wider permissions
+            with _create(sftp, path, mode) as handle:
+                handle.chmod(mode)  # a file that existed keeps its mode on open: set it first
                 handle.write(data)
 
         self._guard(write, f"writing {path}")
