@@ -224,3 +224,35 @@ def test_item9_the_issue_policies_no_longer_fail_open() -> None:
                  "unmatched: deny\nrules:\n- name: r\n  namespaces: []\n"):
         with pytest.raises(PolicyError, match="omit the key"):
             Policy.from_yaml(text)
+
+
+GRIDENGINE = LIMITS.replace("  defaults:", "  managers: [gridengine]\n  defaults:")
+
+
+def test_item6_grid_engine_directives_are_held_to_the_rule() -> None:
+    """Item 6, Grid Engine: under `managers: [gridengine]` a script's `#$` lines are read
+    (h_rt, -q, -P, GPU resources × slots) the same way."""
+    ok = "#!/bin/bash\n#$ -l h_rt=0:30:00 -q gpu -P lab-grant\n#$ -pe smp 2 -l gpu=1\nhostname\n"
+    admit(pod(script=ok), GRIDENGINE)
+    for text, expected in (
+        (ok.replace("h_rt=0:30:00", "h_rt=INFINITY"), "h_rt=INFINITY exceeds the maximum"),
+        (ok.replace("h_rt=0:30:00", "h_rt=7200"), "h_rt=7200 exceeds the maximum 01:00:00"),
+        (ok.replace(" -l h_rt=0:30:00", ""), "sets no hard run time"),
+        (ok.replace("h_rt=0:30:00", "s_rt=0:30:00 -soft -l h_rt=0:30:00"), "sets no hard run"),
+        (ok.replace("-q gpu", "-q long.q@node1"), "partition 'long.q' is not allowed"),
+        (ok.replace("-P lab-grant", "-P other"), "account 'other' is not allowed"),
+        (ok.replace("-pe smp 2", "-pe smp 8"), "asks for 8 GPUs"),
+        (ok.replace("-pe smp 2", "-t 1-100"), "-t (a job array) cannot be checked"),
+    ):
+        message = denial(pod(script=text), GRIDENGINE)
+        assert expected in message, (text, message)
+        assert "hpc.offload/script" in message
+
+
+def test_item6_managers_key_is_checked() -> None:
+    """Item 6: the rule says whose directives it reads; an unknown manager is a load error."""
+    with pytest.raises(PolicyError, match="'pbs' is not one of slurm, gridengine"):
+        Policy.from_yaml("rules:\n- name: r\n  managers: [pbs]\n")
+    both = Policy.from_yaml("rules:\n- name: r\n  managers: [slurm, gridengine]\n"
+                            "  maxTime: '60'\n").rules[0]
+    assert both.managers == ("slurm", "gridengine")

@@ -32,6 +32,7 @@ from connector.spec import (
     check_time_limit,
     parse_time_limit,
 )
+from webhook import qsub
 from webhook.annotations import PREFIX, AdmissionDenied, quote
 from webhook.sbatch import (
     Component,
@@ -78,6 +79,7 @@ class Rule:
     partitions: tuple[str, ...] | None = None  # globs; None: any
     accounts: tuple[str, ...] | None = None
     qos: tuple[str, ...] | None = None
+    managers: tuple[str, ...] = ("slurm",)  # whose directives a verbatim script is read for
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_ns", _globs(self.namespaces))
@@ -184,6 +186,10 @@ class Rule:
     def _check_script(self, script: str) -> None:
         """A verbatim script, read as sbatch reads it: every component within the limits,
         the sums of nodes and GPUs too."""
+        if "gridengine" in self.managers:
+            self._check_qsub_script(script)
+        if "slurm" not in self.managers:
+            return
         try:
             components = script_components(script)
         except ScriptError as exc:
@@ -205,6 +211,41 @@ class Rule:
                     self._check_name(option, directive.value, directive.source)
         if self.limits_nodes():
             self._check_counts(components, f"{PREFIX}script")
+
+    def _check_qsub_script(self, script: str) -> None:
+        """The same limits for Grid Engine's `#$` lines (maxNodes aside: Grid Engine counts
+        slots, not nodes)."""
+        where = f"{PREFIX}script"
+        try:
+            request = qsub.script_request(script)
+            if self.max_time is not None:
+                if not request.hard_times:
+                    self._deny(f"{where} sets no hard run time; under this rule add "
+                               f"#$ -l h_rt=H:MM:SS (at most {self.max_time})")
+                for directive in request.hard_times:
+                    limit = qsub.seconds(directive)
+                    if limit == 0 or limit > self._max_seconds:  # type: ignore[attr-defined]
+                        self._deny(f"{directive.source}: h_rt={directive.value} exceeds the "
+                                   f"maximum {self.max_time}")
+            for option, found, flag in (("partition", request.queues, "-q"),
+                                        ("account", request.projects, "-P")):
+                if option not in self._pins:  # type: ignore[attr-defined]
+                    continue
+                if not found:
+                    self._deny(f"{where} sets no {flag} (Grid Engine's {option}); under this "
+                               f"rule it must be one of: {', '.join(self._pins[option][1])}")  # type: ignore[attr-defined]
+                for directive in found:
+                    names = ",".join(part.split("@", 1)[0]
+                                     for part in (directive.value or "").split(","))
+                    self._check_name(option, names, directive.source)
+            if self.max_gpus is not None:
+                gpus, sources = qsub.gpu_total(request)
+                if gpus > self.max_gpus:
+                    self._deny(f"{where} asks for {gpus} GPUs{_sources(sources)}; the maximum "
+                               f"is {self.max_gpus}")
+        except ScriptError as exc:
+            self._deny(f"{exc.message}; under this rule every #$ line must be one the policy "
+                       "check can read")
 
     def _check_time(self, directive: Directive) -> None:
         try:
@@ -317,7 +358,9 @@ class Policy:
 
 
 _RULE_KEYS = {"name", "namespaces", "profiles", "runtimes", "images", "max_time", "max_gpus",
-              "max_nodes", "allow_scripts", "defaults", "partitions", "accounts", "qos"}
+              "max_nodes", "allow_scripts", "defaults", "partitions", "accounts", "qos",
+              "managers"}
+MANAGERS = ("slurm", "gridengine")
 
 
 def _rule(item: Any, index: int) -> Rule:
@@ -344,8 +387,14 @@ def _rule(item: Any, index: int) -> Rule:
             default = getattr(defaults, option)
             if pins[key] and default and not _globs(pins[key]).fullmatch(default):
                 raise PolicyError(f"{where}: defaults.{option} {default!r} is not in {key}")
+        managers = _strings(data.get("managers"), f"{where}: managers") or ("slurm",)
+        for manager in managers:
+            if manager not in MANAGERS:
+                raise PolicyError(f"{where}: managers: {manager!r} is not one of "
+                                  f"{', '.join(MANAGERS)}")
         return Rule(
             name=name,
+            managers=managers,
             namespaces=_strings(data.get("namespaces"), f"{where}: namespaces") or ("*",),
             profiles=_strings(data.get("profiles"), f"{where}: profiles"),
             runtimes=runtimes,
