@@ -79,20 +79,32 @@ def simulate(profile_dir: Path, job: dict, tmp_path: Path, period: str = "2") ->
     )
 
 
+def fig2_job_config() -> dict:
+    """The job config of the paper's Fig. 2 as examples/paper/ rebuilds it (one source)."""
+    import yaml
+
+    docs = yaml.safe_load_all((REPO / "examples" / "paper" / "fig2-configmaps.yaml").read_text())
+    job = next(d for d in docs if d["metadata"]["name"] == "gibi230-job")
+    return json.loads(job["data"]["job_config"])
+
+
 def test_the_papers_fig2_job_config_runs_through_simulate(rimrock_profile, tmp_path):
     from testbed.rimrock import service
 
-    tag = uuid.uuid4().hex[:8]
-    done = simulate(rimrock_profile, {"host": service.login_host(), "script": fig2_script(tag)}, tmp_path)
+    job = {**fig2_job_config(), "host": service.login_host()}
+    done = simulate(rimrock_profile, job, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "segmenting gibi230 on " in done.stdout  # --print-logs: the output at the end
-    assert "a warning" in done.stderr
     job_id = json.loads((tmp_path / "state" / "job.json").read_text())["job_id"]
     assert job_id.endswith(f".{service.login_host()}")  # Rimrock's id
+    number = job_id.split(".")[0]
+    # --print-logs: the job's output at the end, stdout and stderr apart
+    assert f"gibi230: segmenting case NB-0042 as job {number} on " in done.stdout
+    assert "gibi230: segmentation done\n" in done.stdout
+    assert "gibi230: a diagnostic line on stderr" in done.stderr
     name, stdout = _squeue(job_id, "Name:|,STDOUT:|")[:2]
-    assert name == f"gibi230-{tag}"  # the script's own directives, kept
-    assert stdout.endswith(f"/gibi230_segmentation-{tag}.out")
-    assert Path(stdout).read_text().startswith("segmenting gibi230")
+    assert name == "gibi230"  # the script's own directives, kept
+    assert stdout.endswith("/gibi230_segmentation.out")
+    assert Path(stdout).read_text().startswith("gibi230: segmenting")
     assert json.loads((tmp_path / "termination").read_text())["exitCode"] == 0
 
 
