@@ -167,7 +167,7 @@ class Rule:
                               ("qos", res.qos)):
             self._check_name(option, value, f"{PREFIX}{option}")
         if self.limits_nodes():
-            self._check_counts([rendered_component(spec)], "the job")
+            self._check_counts([rendered_component(spec)], "the job", default_nodes=1)
 
     def _check_name(self, option: str, value: str | None, where: str) -> None:
         """An allow-listed partition/account/qos: every comma-separated name must match."""
@@ -210,7 +210,7 @@ class Rule:
                 else:
                     self._check_name(option, directive.value, directive.source)
         if self.limits_nodes():
-            self._check_counts(components, f"{PREFIX}script")
+            self._check_counts(components, f"{PREFIX}script", default_nodes=None)
 
     def _check_qsub_script(self, script: str) -> None:
         """The same limits for Grid Engine's `#$` lines (maxNodes aside: Grid Engine counts
@@ -257,10 +257,13 @@ class Rule:
             self._deny(f"{directive.source}: {directive.describe()} exceeds the maximum "
                        f"{self.max_time}")
 
-    def _check_counts(self, components: list[Component], what: str) -> None:
+    def _check_counts(self, components: list[Component], what: str,
+                      default_nodes: int | None) -> None:
+        """Nodes and GPUs of all components against the limits. `default_nodes`: what a job
+        without --nodes gets (1 for a rendered job, where the webhook pins it; None for a
+        script, where SLURM decides)."""
         try:
-            measures = [measure(c, default_nodes=None if what.endswith("script") else 1)
-                        for c in components]
+            measures = [measure(c, default_nodes=default_nodes) for c in components]
         except ScriptError as exc:
             self._deny(exc.message)
         nodes = sum(m.nodes for m in measures)
