@@ -3,6 +3,7 @@ manager is written once and reached over any transport (paper requirement R5).""
 
 from __future__ import annotations
 
+import errno
 import logging
 import shlex
 from abc import ABC, abstractmethod
@@ -12,6 +13,12 @@ from connector.errors import TransientError
 
 log = logging.getLogger("hpc-connector")
 READ_LIMIT = 1 << 20  # the most bytes one read returns
+CHUNK = 1 << 15  # bytes a staged file moves by: its size never becomes our memory
+# Writes stdin to "$1", created 0600 (umask) before any byte, then given mode "$2".
+WRITE_SCRIPT = 'umask 077; cat > "$1" && chmod "$2" -- "$1"'
+_ERRNOS = (("No such file", errno.ENOENT), ("Directory nonexistent", errno.ENOENT),
+           ("can't cd", errno.ENOENT), ("Permission denied", errno.EACCES),
+           ("Is a directory", errno.EISDIR), ("Not a directory", errno.ENOTDIR))
 
 
 def log_reconnect(where: str, connects: int) -> None:
@@ -100,3 +107,13 @@ class Transport(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for transports holding nothing
         """Release connections."""
+
+
+def file_error(path: str, stderr: str, code: int) -> OSError:
+    """A remote command that ran but failed on a file (`cat`, `find`): the file's fault, not
+    the link's, so nobody retries it. An OSError with the errno its stderr names
+    (FileNotFoundError for a dangling symlink, PermissionError, …)."""
+    said = stderr.strip().splitlines()
+    reason = said[-1].rsplit(": ", 1)[-1] if said else f"exit {code}"
+    number = next((n for text, n in _ERRNOS if text in reason), errno.EIO)
+    return OSError(number, reason, path)

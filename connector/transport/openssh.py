@@ -13,7 +13,6 @@ named like an option stays a host name.
 
 from __future__ import annotations
 
-import errno
 import os
 import shlex
 import shutil
@@ -23,7 +22,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from connector.errors import AuthError, HostKeyError, ProfileError, TransientError
-from connector.transport.base import READ_LIMIT, CommandResult, Transport, log_reconnect
+from connector.transport.base import (
+    READ_LIMIT,
+    WRITE_SCRIPT,
+    CommandResult,
+    Transport,
+    file_error,
+    log_reconnect,
+)
 from connector.transport.remote_shell import RemoteShell, ShellClosed
 from connector.transport.target import SSHTarget
 
@@ -40,12 +46,9 @@ _READ_MANY = """while [ $# -ge 3 ]; do
   fi
   shift 3
 done"""
-_WRITE = 'umask 077; cat > "$1" && chmod "$2" -- "$1"'
 # Entries of a directory, each ended by NUL: a name may hold a newline (`ls` would split it
 # into two names, one of them `..`), never a NUL or a slash.
 _LIST = 'cd -- "$1" && find . -mindepth 1 -maxdepth 1 -printf "%P\\0"'
-_ERRNOS = (("No such file", errno.ENOENT), ("Permission denied", errno.EACCES),
-           ("Is a directory", errno.EISDIR), ("Not a directory", errno.ENOTDIR))
 _TRANSFER_RATE = 1 << 20  # bytes/s a staged file is allowed at least, before it times out
 _SOCKET_PATH_MAX = 104  # sun_path, less its terminating NUL, on the strictest systems
 
@@ -196,7 +199,7 @@ class OpenSSHTransport(Transport):
         return results
 
     def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
-        code, _, err = self._ssh(["sh", "-c", _WRITE, "sh", path, f"{mode:o}"], data, 60)
+        code, _, err = self._ssh(["sh", "-c", WRITE_SCRIPT, "sh", path, f"{mode:o}"], data, 60)
         if code != 0:
             raise TransientError(f"writing {path} failed: {err.strip() or code}")
 
@@ -212,28 +215,28 @@ class OpenSSHTransport(Transport):
     def listdir(self, path: str) -> list[str]:
         code, out, err = self._ssh(["sh", "-c", _LIST, "sh", path], None, 60)
         if code != 0:
-            raise _file_error(path, err, code)
+            raise file_error(path, err, code)
         return sorted(name.decode("utf-8", "surrogateescape") for name in out.split(b"\0") if name)
 
     def upload(self, local_path: str, remote_path: str) -> None:
         """The local file is the `ssh` process's stdin: streamed, whatever its size."""
         with open(local_path, "rb") as source:
             size = os.fstat(source.fileno()).st_size
-            code, _, err = self._ssh(["sh", "-c", _WRITE, "sh", remote_path, "600"], None,
+            code, _, err = self._ssh(["sh", "-c", WRITE_SCRIPT, "sh", remote_path, "600"], None,
                                      _transfer_timeout(size), source=source)
         if code != 0:
-            raise _file_error(remote_path, err, code)
+            raise file_error(remote_path, err, code)
 
     def download(self, remote_path: str, local_path: str) -> None:
         """The `ssh` process writes the local file itself: streamed, whatever its size."""
         code, size, err = self._ssh(["stat", "-L", "-c", "%s", "--", remote_path], None, 30)
         if code != 0:
-            raise _file_error(remote_path, err, code)
+            raise file_error(remote_path, err, code)
         with open(local_path, "wb") as sink:
             code, _, err = self._ssh(["cat", "--", remote_path], None,
                                      _transfer_timeout(int(size) if size.strip().isdigit() else 0), sink=sink)
         if code != 0:
-            raise _file_error(remote_path, err, code)
+            raise file_error(remote_path, err, code)
 
     def home(self) -> str:
         return self.run(["pwd"]).stdout.strip()
@@ -256,11 +259,3 @@ def _transfer_timeout(size: int) -> float:
     """A staged file's time: a minute, plus its size at the slowest rate we wait for."""
     return 60.0 + size / _TRANSFER_RATE
 
-
-def _file_error(path: str, err: str, code: int) -> OSError:
-    """A command that ran but failed on a file: the file's fault, not the link's (a retry
-    cannot help). An OSError with the errno its stderr names (FileNotFoundError, …)."""
-    said = err.strip().splitlines()
-    reason = said[-1].rsplit(": ", 1)[-1] if said else f"exit {code}"
-    number = next((n for text, n in _ERRNOS if text in reason), errno.EIO)
-    return OSError(number, reason, path)
