@@ -5,7 +5,9 @@ A backend adds its own directives (`#SBATCH`, `#$`, …) above these lines
 Environment values never appear in a script: a backend hands them to its scheduler out of band
 (SLURM: `--export-file` on a file descriptor) or in a 0600 env file that the script sources and
 removes at once, so a secret in a pod's env cannot leak through the scheduler, `ps` or a saved
-script.
+script. A `$(VAR)` in the container's command or args is expanded as the kubelet would, but by
+the job's shell: the script says `"${VAR}"`, never the value. Values from the pod that a tool
+reads as options (a command starting with `-`, a working dir `-`) follow `--` or `=`.
 """
 
 from __future__ import annotations
@@ -74,19 +76,94 @@ def hpc_image(spec: JobSpec, profile_image: str | None = None) -> str:
     return image
 
 
-def runtime_command(spec: JobSpec, env_names: Iterable[str], profile_image: str | None = None) -> list[str]:
-    """The argv that runs the container's command under the chosen runtime."""
+@dataclass(frozen=True)
+class Ref:
+    """A reference to a job variable, written `"${NAME}"`: its value stays on the HPC side."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Word:
+    """One argument that holds references: literal text and `Ref`s, written as one shell word."""
+
+    parts: tuple[str | Ref, ...]
+
+    def prefixed(self, text: str) -> Word:
+        return Word((text, *self.parts))
+
+    def shell(self) -> str:
+        return "".join(f'"${{{part.name}}}"' if isinstance(part, Ref) else shlex.quote(part)
+                       for part in self.parts if part != "")
+
+
+Arg = str | Word  # one argument of a rendered command line
+
+
+def expand_references(text: str, names: Iterable[str]) -> Arg:
+    """`$(VAR)` as the kubelet expands a container's command and args (expansion.Expand in
+    k8s.io/kubernetes/third_party/forked/golang): `$$` is one `$` (so `$$(VAR)` stays
+    `$(VAR)`), a reference to a name the job gets becomes a `Ref`, any other (unknown, or not
+    forwarded) stays as written. Plain text when nothing refers to a job variable."""
+    known = set(names)
+    parts: list[str | Ref] = []
+    literal: list[str] = []
+    i, end = 0, len(text)
+    while i < end:
+        if text[i] != "$" or i + 1 == end:
+            literal.append(text[i])
+            i += 1
+            continue
+        follower = text[i + 1]
+        close = text.find(")", i + 2) if follower == "(" else -1
+        if follower == "$":
+            literal.append("$")
+            i += 2
+        elif close >= 0 and text[i + 2:close] in known:
+            parts += ["".join(literal), Ref(text[i + 2:close])]
+            literal = []
+            i = close + 1
+        elif close >= 0:
+            literal.append(text[i:close + 1])
+            i = close + 1
+        else:  # `$(` never closed, or `$x`: both characters as written
+            literal.append(text[i:i + 2])
+            i += 2
+    rest = "".join(literal)
+    return Word((*parts, rest)) if parts else rest
+
+
+def shell_join(argv: Iterable[Arg]) -> str:
+    """A command line: each plain argument quoted, each `Word` written with its references."""
+    return " ".join(arg.shell() if isinstance(arg, Word) else shlex.quote(arg) for arg in argv)
+
+
+def _with(prefix: str, arg: Arg) -> Arg:
+    return arg.prefixed(prefix) if isinstance(arg, Word) else prefix + arg
+
+
+def _directory(path: str) -> str:
+    """A working directory no tool reads as anything else: `cd -` is $OLDPWD and `cd dir`
+    searches $CDPATH, while `./-` and `./dir` are what they say."""
+    return path if path.startswith("/") else f"./{path}"
+
+
+def runtime_command(spec: JobSpec, env_names: Iterable[str], profile_image: str | None = None) -> list[Arg]:
+    """The argv that runs the container's command under the chosen runtime (`$(VAR)` in the
+    command and args refers to the job's variables `env_names`; join it with `shell_join`)."""
     runtime = spec.effective_runtime()
     image = hpc_image(spec, profile_image)
-    command, args, workdir = list(spec.command), list(spec.args), spec.working_dir
     names = sorted(set(env_names))
+    command = [expand_references(part, names) for part in spec.command]
+    args = [expand_references(part, names) for part in spec.args]
+    workdir = spec.working_dir
     gpus = bool(spec.resources.gpus)
     if runtime in ("singularity", "apptainer"):
-        argv = [runtime, "exec" if command else "run"]
+        argv: list[Arg] = [runtime, "exec" if command else "run"]
         if gpus:
             argv.append("--nv")  # the host's NVIDIA driver libraries and devices, inside
         if workdir:
-            argv += ["--pwd", workdir]
+            argv.append(f"--pwd={workdir}")
         return [*argv, image, *command, *args]
     if runtime == "charliecloud":
         argv = ["ch-run"]
@@ -100,10 +177,13 @@ def runtime_command(spec: JobSpec, env_names: Iterable[str], profile_image: str 
         for name in names:
             argv += ["--env", name]
         if workdir:
-            argv += ["--workdir", workdir]
+            argv.append(f"--workdir={workdir}")
         if command:
-            argv += ["--entrypoint", json.dumps(command)]
-        return [*argv, image, *args]
+            # the entrypoint is the command's first item; the rest go after the image, as
+            # Kubernetes' command + args make one argv (podman then ignores the image's CMD)
+            head = command[0]
+            argv.append(_with("--entrypoint=", head if isinstance(head, Word) else json.dumps([head])))
+        return [*argv, image, *command[1:], *args]
     if runtime == "enroot":
         argv = ["srun", f"--container-image={image}"]
         if names:
@@ -112,7 +192,8 @@ def runtime_command(spec: JobSpec, env_names: Iterable[str], profile_image: str 
             argv.append(f"--container-workdir={workdir}")
         if not command:
             argv.append("--container-entrypoint")
-        return [*argv, *command, *args]
+        payload = [*command, *args]
+        return [*argv, "--", *payload] if payload else argv  # a command `-x` is no srun option
     if runtime == "none":
         return [*command, *args]
     raise SpecError(f"runtime: {runtime!r} has no renderer")
@@ -145,9 +226,9 @@ def payload_lines(
     if runtime == "charliecloud":
         lines.append('export USER="${USER:-$(id -un)}"  # ch-run refuses to start without it')
     if runtime == "none" and spec.working_dir:
-        lines.append(f"cd {shlex.quote(spec.working_dir)} || exit 1")
+        lines.append(f"cd -- {shlex.quote(_directory(spec.working_dir))} || exit 1")
     lines += [
-        shlex.join([*launcher, *runtime_command(spec, env_names, profile_image)]),
+        shell_join([*launcher, *runtime_command(spec, env_names, profile_image)]),
         "status=$?",
         f"printf '%s\\n' \"$status\" > {shlex.quote(paths.exit_status)}",
         'exit "$status"',

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Rendered by hpc-offload for research/train-x7k2p; runtime: none.
 # Environment values reach this job from the scheduler, never from this file.
-cd /scratch/alice || exit 1
+cd -- /scratch/alice || exit 1
 bash -c 'echo $(hostname) `date`; exit 3'
 status=$?
 printf '%s\n' "$status" > /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/exit-status

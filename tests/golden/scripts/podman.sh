@@ -1,7 +1,7 @@
 #!/bin/bash
 # Rendered by hpc-offload for research/train-x7k2p; runtime: podman.
 # Environment values reach this job from the scheduler, never from this file.
-podman run --rm --network=host --env MODE --env TOKEN --workdir /srv --entrypoint '["python3", "-m", "http.server"]' docker.io/library/python:3.11 8000
+podman run --rm --network=host --env MODE --env TOKEN --workdir=/srv '--entrypoint=["python3"]' docker.io/library/python:3.11 -m http.server 8000
 status=$?
 printf '%s\n' "$status" > /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/exit-status
 exit "$status"
