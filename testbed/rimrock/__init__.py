@@ -35,11 +35,13 @@ Status quirks (`scripts/status` + `UserJobs.update`):
   SPECIAL_EXIT → ERROR. So a job cancelled outside Rimrock reads RUNNING until it leaves the
   queue; a job the query does not list reads FINISHED (also when the controller is down).
 - FINISHED and ABORTED are final; ERROR is not: it turns FINISHED once the job has left.
-- Rimrock 2.0.4 asks `sacct` (accounting); until July 2020 it asked `squeue`. The testbed
-  has no accounting, so this server asks `squeue -t all` (every state while SLURM keeps the
-  job: MinJobAge, 3600 s here) with 2.0.4's table, and takes the history (nodes, cores,
-  times) from the same query. The script's substring `grep` of job ids (job 12 also
-  matching 123) is not reproduced: with the testbed's small ids it would hit constantly.
+- Rimrock 2.0.4 asks `sacct` (accounting); until July 2020, when the paper was written, it
+  asked `squeue`. This server asks `squeue -t all` (every state while SLURM keeps the job:
+  MinJobAge, 3600 s here; it needs no accounting, and the quirks above are the queue's)
+  with 2.0.4's table, and takes the history (nodes, cores, times) from the same query.
+  (2.0.4's sacct answers "CANCELLED by <uid>", which its table does not know: "".)
+  The script's substring `grep` of job ids (job 12 also matching 123) is not reproduced:
+  with the testbed's small ids it would hit constantly.
 
 Errors: `{"exit_code", "standard_output", "error_output", "status": "ERROR",
 "error_message"}` (Rimrock's docs page writes "error"; its code and tests say ERROR):
