@@ -1,0 +1,175 @@
+"""Issue 12 through a real API server (the local cluster, `hpc-offload e2e cluster up`):
+items 4 and 7 depend on what Kubernetes does around the webhook — the ServiceAccount plugin
+that mounts the token before webhooks run, and the configuration's matchConditions, which
+only the API server evaluates (CEL over object and oldObject).
+
+The webhook is the real server (`hpc-offload serve`) on loopback, registered with the
+MutatingWebhookConfiguration of manifests/base (its rules and matchConditions as shipped),
+pointed at it by URL and limited to a namespace of this test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from webhook.localserver import LocalServer, make_certs
+
+ROOT = Path(__file__).resolve().parents[1]
+SA_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+POLICY = """
+rules:
+  - name: sec
+    namespaces: ["sec-*"]
+    profiles: [site]
+    maxTime: "01:00:00"
+    maxNodes: 1
+"""
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the local cluster needs root")
+
+
+class Setup:
+    def __init__(self, kubectl: Any, namespace: str, server: LocalServer) -> None:
+        self.kubectl, self.namespace, self.server = kubectl, namespace, server
+
+    def run(self, *args: str, stdin: str | None = None) -> Any:
+        return self.kubectl(*args, "-n", self.namespace, stdin=stdin, check=False)
+
+    def create(self, obj: dict[str, Any]) -> Any:
+        return self.run("create", "-f", "-", stdin=json.dumps(obj))
+
+    def get(self, name: str) -> dict[str, Any]:
+        out = self.run("get", "pod", name, "-o", "json")
+        assert out.returncode == 0, out.stderr
+        result: dict[str, Any] = json.loads(out.stdout)
+        return result
+
+    def admissions(self) -> int:
+        return sum('"msg":"admission"' in line for line in self.server.logs().splitlines())
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    from e2e.cluster import ensure_up
+    from e2e.kube import Kubectl
+
+    cluster = ensure_up(progress=lambda msg: None)
+    kubectl = Kubectl(cluster)
+    tag = uuid.uuid4().hex[:8]
+    namespace = f"sec-{tag}"
+    root = tmp_path_factory.mktemp("apiserver")
+    policy = root / "policy.yaml"
+    policy.write_text(POLICY)
+    certs = make_certs(root / "certs")
+    config = ROOT / "manifests" / "overlays" / "dev" / "config.yaml"  # what the cluster runs
+    base = yaml.safe_load((ROOT / "manifests" / "base" / "mutatingwebhookconfiguration.yaml")
+                          .read_text())
+    with LocalServer(certs, root / "server.log", policy=policy, config=config) as server:
+        hook = dict(base["webhooks"][0])
+        hook["name"] = f"sec-{tag}.hpc-offload.io"
+        hook["clientConfig"] = {"url": f"{server.url}/mutate",
+                                "caBundle": base64.b64encode((certs / "ca.crt").read_bytes())
+                                .decode()}
+        hook["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+        mwc = {"apiVersion": "admissionregistration.k8s.io/v1",
+               "kind": "MutatingWebhookConfiguration",
+               "metadata": {"name": f"hpc-offload-sec-{tag}"}, "webhooks": [hook]}
+        kubectl("create", "namespace", namespace)
+        created = kubectl("create", "-f", "-", stdin=json.dumps(mwc), check=False)
+        assert created.returncode == 0, created.stderr  # the API server compiled the CEL
+        try:
+            yield Setup(kubectl, namespace, server)
+        finally:
+            kubectl("delete", "mutatingwebhookconfiguration", f"hpc-offload-sec-{tag}",
+                    "--wait=false", check=False)
+            kubectl("delete", "namespace", namespace, "--wait=false", "--grace-period=0",
+                    check=False)
+
+
+def pod(name: str, **annotations: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 0,
+                     "containers": [
+                         {"name": "main", "image": "registry.example.org/app:1",
+                          "command": ["run"]},
+                         {"name": "sidecar", "image": "hpc-offload:dev",
+                          "imagePullPolicy": "Never", "command": ["sleep", "3600"]}]}}
+
+
+def offloaded(name: str) -> dict[str, Any]:
+    return pod(name, **{"hpc.offload/backend": "site", "hpc.offload/container": "main",
+                        "hpc.offload/time": "30"})
+
+
+def test_item4_the_api_servers_token_mount_is_replaced_in_the_connector_only(setup: Setup) -> None:
+    """Item 4: the ServiceAccount plugin mounts the token into every container before the
+    webhook runs; the connector's mount is replaced by an empty directory (and the plugin,
+    reinvoked, does not add it back), the sidecar keeps its token."""
+    created = setup.create(offloaded("token-check"))
+    assert created.returncode == 0, created.stderr
+    spec = setup.get("token-check")["spec"]
+    containers = {c["name"]: c for c in spec["containers"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    main = {m["mountPath"]: m["name"] for m in containers["main"]["volumeMounts"]}
+    side = {m["mountPath"]: m["name"] for m in containers["sidecar"]["volumeMounts"]}
+    assert main[SA_PATH] == "hpc-offload-no-token" and "emptyDir" in volumes["hpc-offload-no-token"]
+    assert side[SA_PATH].startswith("kube-api-access-")
+    assert "serviceAccountToken" in json.dumps(volumes[side[SA_PATH]])
+    assert containers["main"]["command"][:2] == ["/opt/hpc-offload/bin/python3", "-I"]
+    assert spec.get("automountServiceAccountToken") is not False
+
+
+def test_item7_annotations_cannot_change_after_creation(setup: Setup) -> None:
+    """Item 7: `kubectl annotate` adding, changing or removing an hpc.offload/* annotation
+    is refused by the API server with the webhook's reason; a label change is not even sent
+    to the webhook (the matchCondition compares object and oldObject)."""
+    assert setup.create(offloaded("immutable")).returncode == 0
+    for args in (["hpc.offload/nodes=64"], ["--overwrite", "hpc.offload/time=UNLIMITED"],
+                 ["--overwrite", 'hpc.offload/job-spec={"command":["x"]}'],
+                 ["hpc.offload/backend-"], ["hpc.offload/status-"]):
+        out = setup.run("annotate", "pod", "immutable", *args)
+        assert out.returncode != 0, args
+        assert "cannot be changed after the pod is created" in out.stderr, out.stderr
+    before = setup.admissions()
+    assert setup.run("label", "pod", "immutable", "team=a").returncode == 0
+    assert setup.run("annotate", "pod", "immutable", "example.com/note=x").returncode == 0
+    assert setup.admissions() == before, "an unrelated update reached the webhook"
+    annotations = setup.get("immutable")["metadata"]["annotations"]
+    assert annotations["hpc.offload/time"] == "30" and annotations["hpc.offload/status"]
+
+
+def test_item7_an_unannotated_pod_cannot_be_annotated_later(setup: Setup) -> None:
+    """Item 7: adding the trigger to a running pod is refused too."""
+    assert setup.create(pod("plain")).returncode == 0
+    out = setup.run("annotate", "pod", "plain", "hpc.offload/backend=site")
+    assert out.returncode != 0 and "cannot be changed" in out.stderr
+
+
+def test_item7_a_hand_written_marker_is_checked(setup: Setup) -> None:
+    """Item 7: a pod carrying `hpc.offload/status: injected` (with or without the trigger)
+    reaches the webhook and is refused unless it is the webhook's own output in policy."""
+    out = setup.create(pod("marker-only", **{"hpc.offload/status": "injected"}))
+    assert out.returncode != 0 and "hpc.offload/status" in out.stderr, out.stderr
+    ours = setup.get("token-check") if setup.run("get", "pod", "token-check").returncode == 0 \
+        else None
+    if ours is None:
+        assert setup.create(offloaded("token-check")).returncode == 0
+        ours = setup.get("token-check")
+    copy = {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "copy", "annotations": dict(ours["metadata"]["annotations"])},
+            "spec": {k: v for k, v in ours["spec"].items() if k != "nodeName"}}
+    spec = json.loads(copy["metadata"]["annotations"]["hpc.offload/job-spec"])
+    spec["resources"].update(time_limit=0, nodes=64)  # the reported attack
+    copy["metadata"]["annotations"]["hpc.offload/job-spec"] = json.dumps(spec)
+    out = setup.create(copy)
+    assert out.returncode != 0 and 'policy rule "sec"' in out.stderr, out.stderr
