@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,3 +174,42 @@ def test_item7_a_hand_written_marker_is_checked(setup: Setup) -> None:
     copy["metadata"]["annotations"]["hpc.offload/job-spec"] = json.dumps(spec)
     out = setup.create(copy)
     assert out.returncode != 0 and 'policy rule "sec"' in out.stderr, out.stderr
+
+
+def test_item3_the_injected_command_ignores_a_hostile_pythonpath_in_the_image(setup: Setup) -> None:
+    """Item 3, in the real image: with a pod PYTHONPATH holding a `json.py` (written by an init
+    container into a volume the offloaded container mounts, as the reported attack did) the
+    console script `hpc-connector` is hijacked, the webhook's command is not."""
+    from webhook.config import load_config
+    from webhook.mutation import connector_command
+
+    command = connector_command(load_config(ROOT / "manifests" / "overlays" / "dev" /
+                                            "config.yaml"))
+    evil = "raise SystemExit('hijacked by PYTHONPATH')"
+    env = [{"name": "PYTHONPATH", "value": "/data"}, {"name": "PATH", "value": "/data:/usr/bin"}]
+    spec = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "isolated"},
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 0,
+                     "volumes": [{"name": "data", "emptyDir": {}}],
+                     "initContainers": [{"name": "plant", "image": "hpc-offload:dev",
+                                         "imagePullPolicy": "Never",
+                                         "command": ["sh", "-c", f'echo "{evil}" > /data/json.py'],
+                                         "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                     "containers": [
+                         {"name": name, "image": "hpc-offload:dev", "imagePullPolicy": "Never",
+                          "command": argv, "env": env,
+                          "volumeMounts": [{"name": "data", "mountPath": "/data"}]}
+                         for name, argv in (("injected", [*command[:4], "--help"]),
+                                            ("console", ["/opt/hpc-offload/bin/hpc-connector",
+                                                         "--help"]))]}}
+    assert setup.create(spec).returncode == 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        phase = setup.get("isolated")["status"].get("phase")
+        if phase in ("Succeeded", "Failed"):
+            break
+        time.sleep(1)
+    injected = setup.run("logs", "isolated", "-c", "injected").stdout
+    console = setup.run("logs", "isolated", "-c", "console").stdout + \
+        setup.run("logs", "isolated", "-c", "console").stderr
+    assert "Usage:" in injected and "hijacked" not in injected, injected
+    assert "hijacked by PYTHONPATH" in console, console
