@@ -91,7 +91,9 @@ def _handle(body: bytes | str, config: WebhookConfig,
     if operation == "UPDATE":
         changed = changed_annotations(pod, request.get("oldObject"))
         if changed:
-            return _deny(uid, 403, f"{', '.join(changed)}: {PREFIX}* annotations cannot be "
+            shown = ", ".join(changed[:5]) + (f" (+{len(changed) - 5} more)"
+                                              if len(changed) > 5 else "")
+            return _deny(uid, 403, f"{shown}: {PREFIX}* annotations cannot be "
                          "changed after the pod is created (the connector reads them); "
                          "delete the pod and create it again instead")
         return _allow(uid)
