@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import daemons, image, layout, munge, packages, rest, sge, slurm, sshd, users
+from . import daemons, image, layout, mariadb, munge, packages, rest, sge, slurm, slurmdbd, sshd, users
 from . import listen as listen_mod
 from .rimrock import service as rimrock
 
@@ -89,6 +89,8 @@ def _specs(addresses: tuple[str, ...], conf: str, ssh_conf: str,
     """All daemons in start order (stop in reverse)."""
     return [
         munge.daemon(),
+        mariadb.daemon(),
+        slurmdbd.daemon(slurmdbd.current_conf()),
         slurm.ctld_daemon(conf),
         slurm.slurmd_daemon(conf),
         rest.daemon(addresses, conf),
@@ -129,13 +131,18 @@ def ensure_up(listen: Iterable[str] = (), forget_listen: bool = False) -> Info:
             conf = slurm.prepare()
             ssh_conf = sshd.prepare(addresses)
             rimrock.prepare(addresses)
-            specs = _specs(addresses, conf, ssh_conf)
-            daemons.ensure(specs[1])  # slurmctld
-            daemons.ensure(specs[2])  # slurmd
+            mariadb.prepare()
+            daemons.ensure(mariadb.daemon())
+            slurmdbd.prepare()  # the database, its user and slurmdbd.conf
+            specs = {d.name: d for d in _specs(addresses, conf, ssh_conf)}
+            daemons.ensure(specs["slurmdbd"])
+            slurmdbd.register()  # cluster, account, test user (before slurmctld registers)
+            daemons.ensure(specs["slurmctld"])
+            daemons.ensure(specs["slurmd"])
             state = slurm.wait_node_usable()
             log.info("node %s: %s", slurm.node_name(), state.lower())
-            daemons.ensure(specs[3])  # slurmrestd
-            daemons.ensure(specs[4])  # sshd
+            daemons.ensure(specs["slurmrestd"])
+            daemons.ensure(specs["sshd"])
             daemons.ensure(rimrock.daemon(addresses))
             _ensure_sge(_specs(addresses, conf, ssh_conf, sge.prepare()))
     except (daemons.DaemonError, packages.PackageError, listen_mod.ListenError, OSError) as exc:

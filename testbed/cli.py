@@ -39,7 +39,8 @@ def _setup_logging(verbose: bool) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-q", "--quiet", is_flag=True, help="Only print errors.")
 def testbed(quiet: bool) -> None:
-    """A real single-node SLURM (munge, slurmctld, slurmd, slurmrestd) and Grid Engine
+    """A real single-node SLURM (munge, slurmctld, slurmd, slurmrestd, and slurmdbd over a
+    MariaDB of its own, so `sacct` works) and Grid Engine
     (sge_qmaster, sge_execd) plus an sshd, a test user and a Rimrock-compatible REST server
     (the paper's backend), started directly with pid files (no systemd) for demos and tests.
 
@@ -61,10 +62,13 @@ def up(listen_on: tuple[str, ...], forget_listen: bool) -> None:
     """Install what is missing and start what is not running; idempotent.
 
     \b
-    Installs slurm-wlm munge slurmrestd slurm-wlm-jwt-plugin openssh-server
-    charliecloud debootstrap gridengine-master gridengine-exec gridengine-client with
-    apt-get if missing, creates user hpcuser, writes /etc/slurm/slurm.conf, starts munged,
-    slurmctld, slurmd, slurmrestd (:6820), sshd (:2222), sge_qmaster (:6444) and sge_execd
+    Installs slurm-wlm munge slurmrestd slurm-wlm-jwt-plugin slurmdbd mariadb-server
+    openssh-server charliecloud debootstrap gridengine-master gridengine-exec
+    gridengine-client with apt-get if missing, creates user hpcuser, writes
+    /etc/slurm/slurm.conf and slurmdbd.conf (0600: it holds the database password), starts
+    munged, mariadbd (own datadir and socket, no TCP), slurmdbd (:6819; cluster, account
+    and hpcuser registered, associations not enforced), slurmctld, slurmd, slurmrestd
+    (:6820), sshd (:2222), sge_qmaster (:6444) and sge_execd
     (:6445) with queue all.q and parallel environment smp, and rimrock (:6830: Rimrock's
     /api/jobs in front of SLURM over SSH, proxies from the testbed's own grid CA), and
     returns once all take requests. About a second when already up; recovers from stale
@@ -83,8 +87,8 @@ def up(listen_on: tuple[str, ...], forget_listen: bool) -> None:
 def down() -> None:
     """Stop the daemons `up` started (by their pid files; nothing else is signalled).
 
-    Packages, users, keys, slurm.conf and SLURM's job state are kept, so the next `up`
-    is quick and finished jobs are still known.
+    Packages, users, keys, slurm.conf, SLURM's job state and the accounting database are
+    kept, so the next `up` is quick and finished jobs are still known (to `sacct` too).
     """
     stopped = api.down()
     click.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")

@@ -15,10 +15,12 @@ RUN_DIR = STATE_DIR / "run"  # pid files and the argv each daemon was started wi
 LOG_DIR = STATE_DIR / "log"
 SSH_DIR = STATE_DIR / "ssh"
 SLURM_DIR = STATE_DIR / "slurm"
+MARIADB_DIR = STATE_DIR / "mariadb"  # accounting database: datadir, socket, pid file
 LISTEN_FILE = STATE_DIR / "listen.json"
 LOCK_FILE = STATE_DIR / "testbed.lock"
 
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
+SLURMDBD_CONF = SLURM_CONF.parent / "slurmdbd.conf"  # slurmdbd reads it beside slurm.conf
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 
 TEST_USER = "hpcuser"
@@ -32,6 +34,7 @@ REST_PORT = 6820
 RIMROCK_PORT = 6830
 SLURMCTLD_PORT = 6817
 SLURMD_PORT = 6818
+SLURMDBD_PORT = 6819
 PARTITION = "debug"
 REST_API_VERSION = "v0.0.38"
 DEFAULT_ADDRESS = "127.0.0.1"

@@ -20,6 +20,8 @@ PACKAGES: tuple[str, ...] = (
     "munge",
     "slurmrestd",
     "slurm-wlm-jwt-plugin",
+    "slurmdbd",  # accounting, so `sacct` knows finished jobs
+    "mariadb-server",  # slurmdbd's store
     "openssh-server",
     "charliecloud",
     "debootstrap",

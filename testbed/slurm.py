@@ -1,9 +1,10 @@
 """slurmctld and slurmd on one node, and the few SLURM queries the tests need.
 
 The settings are the ones verified on this machine kind (see /work/shared/FACTS.md): no
-cgroups (linuxproc/none), no accounting (finished jobs stay visible for MinJobAge), per-CPU
-memory so two jobs can share the 2-core node, and no batch scheduling delay so a trivial
-job finishes in about a second.
+cgroups (linuxproc/none), per-CPU memory so two jobs can share the 2-core node, and no batch
+scheduling delay so a trivial job finishes in about a second. Finished jobs stay in
+`scontrol show job` for MinJobAge; after that `sacct` knows them (accounting through the
+testbed's slurmdbd, see slurmdbd.py; associations are not enforced, so jobs never wait on it).
 """
 
 from __future__ import annotations
@@ -64,8 +65,11 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStoragePort={layout.SLURMDBD_PORT}
+AccountingStoreFlags=job_comment
+JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
