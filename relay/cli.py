@@ -118,3 +118,7 @@ def relay(bind: str, cert: str, key: str, audience: str, static_tokens: str | No
         ", ".join(hosts) or "any", "static tokens" if static_tokens else "TokenReview")
     web.run_app(app, host=host.strip("[]") or "0.0.0.0", port=int(port), ssl_context=context,  # noqa: S104
                 print=None, access_log=None, shutdown_timeout=5)
+
+
+if __name__ == "__main__":
+    relay()
