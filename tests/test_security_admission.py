@@ -272,12 +272,21 @@ def test_item11_only_small_values_are_cached() -> None:
     ("backend", "site\n"), ("logs", "stream\n"), ("runtime", "apptainer\n"),
     ("gpus", "2\n"), ("partition", "p\n"), ("time", "30\n"), ("logs", "end\n"),
     ("image", "docker://x\n"), ("nodes", "1\n"), ("poll-interval", "30s\n"),
-    ("sbatch-args", "--exclusive\n"), ("stage-in", "/data/a:a\n"),
+    ("qos", "normal\r"), ("account", "a\x1b[2J"), ("sbatch-args", "--exclusive\x00"),
 ])
 def test_item15_a_trailing_newline_is_refused(key: str, value: str) -> None:
     """Item 15: `$` accepted a trailing newline (`backend: "site\\n"` was admitted)."""
     message = refused(pod(**{key.replace("-", "_"): value}), policy=None)
     assert f"hpc.offload/{key}" in message
+
+
+def test_item15_lists_may_span_lines() -> None:
+    """Item 15: the line breaks of a list written as a YAML block separate its items."""
+    mutated = admitted(pod(sbatch_args="--exclusive\n--constraint=avx2\n",
+                           stage_in="/data/a:a,\n/data/b:b\n"), policy=None)
+    spec = json.loads(mutated["metadata"]["annotations"][JOB_SPEC])
+    assert spec["resources"]["extra_args"] == ["--exclusive", "--constraint=avx2"]
+    assert [p["src"] for p in spec["stage_in"]] == ["/data/a", "/data/b"]
 
 
 @pytest.mark.parametrize("path", ["/var//run/hpc-offload/state", "/var/run/./hpc-offload",

@@ -62,6 +62,9 @@ MAX_CACHED_BYTES = 8192  # a parse result is cached only for annotations this sm
 MAX_ANNOTATIONS_BYTES = 256 * 1024  # Kubernetes' TotalAnnotationSizeLimitB
 MAX_POLL_INTERVAL = 3600.0
 MAX_QUOTED = 256  # characters of a value shown in a message
+# Lists may be written over several lines in YAML: their line breaks and tabs separate items.
+_LISTS = ("sbatch-args", "stage-in", "stage-out")
+_LIST_SPACE = str.maketrans("\t\n\r", "   ")
 
 
 class AdmissionDenied(Exception):
@@ -158,7 +161,8 @@ def _check_size(key: str, value: str) -> None:
     if size > limit:
         raise AdmissionDenied(f"{shown_key(key)}: the value is {size} bytes; at most {limit} "
                               "bytes are accepted")
-    if name not in ("script", "job-spec") and _CONTROL.search(value):
+    text = value if name not in _LISTS else value.translate(_LIST_SPACE)
+    if name not in ("script", "job-spec") and _CONTROL.search(text):
         raise AdmissionDenied(f"{shown_key(key)}: {quote(value)} contains a control character "
                               "(a line break, tab…); the value must be one line of text")
 
