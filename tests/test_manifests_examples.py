@@ -80,9 +80,13 @@ def test_profiles(path: Path) -> None:
     data = cm["data"]
     profile = profile_from_values(data["name"], data["configuration"],
                                   data.get("monitoring_period"))
-    assert profile.backend in ("rimrock", "slurm-ssh", "sge-ssh")
+    assert profile.backend in ("rimrock", "slurm-ssh", "sge-ssh", "slurm-rest")
     if profile.backend == "rimrock":
         assert profile.setting("endpoint") and set(secret["stringData"]) == {"proxy"}
+    elif profile.backend == "slurm-rest":
+        for key in ("endpoint", "user", "host", "partition", "workdir", "runtime"):
+            assert profile.setting(key), key
+        assert set(secret["stringData"]) == {"token", "ssh-privatekey", "known_hosts"}
     else:
         queue = "queue" if profile.backend == "sge-ssh" else "partition"
         for key in ("host", "user", queue, "workdir", "runtime"):

@@ -26,6 +26,7 @@ DEFAULT_GPU_RESOURCE_NAMES = ("nvidia.com/gpu", "amd.com/gpu")
 _QUANTITY = re.compile(r"\d+(\.\d+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
 _RESOURCE_NAME = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _ABSOLUTE_PATH = re.compile(r"/[^\s\x00-\x1f\x7f]*")
+_RELAY_URL = re.compile(r"https://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/\-]*)?")
 
 
 class ConfigError(ValueError):
@@ -55,6 +56,12 @@ class WebhookConfig:
     run_as_user: int = 10001
     run_as_group: int = 10001
     policy_file: str | None = None
+    # The relay (docs/relay.md): its URL and CA are given to every connector, with a projected
+    # ServiceAccount token of audience `hpc-offload-relay` that the relay checks (TokenReview).
+    relay_url: str | None = None
+    relay_ca_file: str | None = None  # read once at start into relay_ca (load_config)
+    relay_ca: str | None = None  # PEM of the CA that signed the relay's certificate
+    relay_token_seconds: int = 3600
 
     def __post_init__(self) -> None:
         if not self.connector_image or any(c.isspace() for c in self.connector_image):
@@ -79,10 +86,16 @@ class WebhookConfig:
                     raise ConfigError(
                         f"connector_resources.{kind}.{name}: {quantity!r} is not a quantity"
                     )
-        for name in ("min_grace_seconds", "fs_group", "run_as_user", "run_as_group"):
+        for name in ("min_grace_seconds", "fs_group", "run_as_user", "run_as_group", "relay_token_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name}: {value!r} must be a whole number, 0 or more")
+        if self.relay_url is not None and not _RELAY_URL.fullmatch(self.relay_url):
+            raise ConfigError(f"relay_url: {self.relay_url!r} is not https://HOST[:PORT]")
+        if self.relay_ca is not None and not self.relay_ca.lstrip().startswith("-----BEGIN CERTIFICATE-----"):
+            raise ConfigError("relay_ca: not a PEM certificate")
+        if self.relay_url is not None and self.relay_token_seconds < 600:
+            raise ConfigError("relay_token_seconds: at least 600 (the kubelet's minimum)")
         if self.run_as_user == 0 or self.run_as_group == 0:
             raise ConfigError("run_as_user/run_as_group: the connector never runs as root (0)")
         if isinstance(self.gpu_resource_names, str):
@@ -138,14 +151,14 @@ class WebhookConfig:
                     raise ConfigError(f"{ENV_PREFIX}CONNECTOR_RESOURCES: not JSON: {exc}") from None
             elif f.name == "gpu_resource_names":
                 changes[f.name] = tuple(p.strip() for p in raw.split(",") if p.strip())
-            elif f.name in ("min_grace_seconds", "fs_group", "run_as_user", "run_as_group"):
+            elif f.name in ("min_grace_seconds", "fs_group", "run_as_user", "run_as_group", "relay_token_seconds"):
                 try:
                     changes[f.name] = int(raw)
                 except ValueError:
                     raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}: {raw!r} is not a number") \
                         from None
-            elif f.name == "policy_file":
-                changes[f.name] = raw or None  # an empty value switches the policy off
+            elif f.name in ("policy_file", "relay_url", "relay_ca_file", "relay_ca"):
+                changes[f.name] = raw or None  # an empty value switches it off
             else:
                 changes[f.name] = raw
         return replace(self, **changes) if changes else self
@@ -158,7 +171,18 @@ def load_config(
     env = os.environ if environ is None else environ
     path = path or env.get(CONFIG_ENV) or None
     base = WebhookConfig.from_file(path) if path else WebhookConfig()
-    return base.with_env(env)
+    return with_relay_ca(base.with_env(env))
+
+
+def with_relay_ca(config: WebhookConfig) -> WebhookConfig:
+    """The relay's CA read from `relay_ca_file` (at start: the mutation does no I/O)."""
+    if config.relay_ca_file is None or config.relay_ca is not None:
+        return config
+    try:
+        text = Path(config.relay_ca_file).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"relay_ca_file: cannot read {config.relay_ca_file}: {exc}") from None
+    return replace(config, relay_ca=text)
 
 
 def _snake(name: str) -> str:

@@ -39,7 +39,10 @@ __all__ = ["AdmissionDenied", "mutate", "read_job_spec", "copy_json", "parse_qua
 BASE = "/var/run/hpc-offload"
 PODINFO, PROFILE, STATE = "hpc-offload-podinfo", "hpc-offload-profile", "hpc-offload-state"
 NO_TOKEN = "hpc-offload-no-token"  # noqa: S105 - a volume name, not a secret
-RESERVED_VOLUMES = (PODINFO, PROFILE, STATE, NO_TOKEN)
+RELAY_TOKEN = "hpc-offload-relay-token"  # noqa: S105 - a volume name, not a secret
+RESERVED_VOLUMES = (PODINFO, PROFILE, STATE, NO_TOKEN, RELAY_TOKEN)
+RELAY_DIR = f"{BASE}/relay"  # the projected token the relay checks (connector.backends.relay)
+RELAY_AUDIENCE = "hpc-offload-relay"
 PODINFO_DIR, PROFILE_DIR, STATE_DIR = f"{BASE}/podinfo", f"{BASE}/profile", f"{BASE}/state"
 # The default ServiceAccount token's path: the connector never talks to the API server, so an
 # empty directory is mounted there in its container (the ServiceAccount admission plugin then
@@ -423,6 +426,9 @@ def _make_connector(original: dict[str, Any], config: WebhookConfig) -> dict[str
     kept = [m for m in (mounts if isinstance(mounts, list) else ())
             if not (isinstance(m, dict) and inside(normalise(m.get("mountPath", "")), TOKEN_DIR))]
     container["volumeMounts"] = [*kept, *added_mounts()]
+    if config.relay_url:
+        container["volumeMounts"].append({"name": RELAY_TOKEN, "mountPath": RELAY_DIR, "readOnly": True})
+        container["env"] = relay_env(container.get("env"), config)
     container["securityContext"] = {
         "runAsNonRoot": True,
         "runAsUser": config.run_as_user,
@@ -451,7 +457,8 @@ def _mutate_pod_spec(original: dict[str, Any], backend: str, config: WebhookConf
     if security.get("fsGroup") is None:
         security["fsGroup"] = config.fs_group
     volumes = spec.get("volumes")
-    spec["volumes"] = [*(volumes if isinstance(volumes, list) else ()), *added_volumes(backend)]
+    spec["volumes"] = [*(volumes if isinstance(volumes, list) else ()), *added_volumes(backend),
+                       *relay_volumes(config)]
     return spec
 
 
@@ -483,3 +490,23 @@ def added_mounts() -> list[dict[str, Any]]:
         {"name": STATE, "mountPath": STATE_DIR},
         {"name": NO_TOKEN, "mountPath": TOKEN_DIR, "readOnly": True},
     ]
+
+
+def relay_volumes(config: WebhookConfig) -> list[dict[str, Any]]:
+    """With a relay installed: a ServiceAccount token for it alone (its audience, bound to this
+    pod), which the relay checks with a TokenReview to learn the pod's namespace and UID."""
+    if not config.relay_url:
+        return []
+    token = {"audience": RELAY_AUDIENCE, "expirationSeconds": config.relay_token_seconds, "path": "token"}
+    return [{"name": RELAY_TOKEN, "projected": {"sources": [{"serviceAccountToken": token}]}}]
+
+
+def relay_env(env: Any, config: WebhookConfig) -> list[Any]:
+    """The container's env with the relay's URL and CA for the connector (none of the pod's
+    own HPC_OFFLOAD_RELAY_* entries: only the webhook says where the relay is)."""
+    kept = [item for item in (env if isinstance(env, list) else ())
+            if not (isinstance(item, dict) and str(item.get("name", "")).startswith("HPC_OFFLOAD_RELAY"))]
+    kept.append({"name": "HPC_OFFLOAD_RELAY_URL", "value": config.relay_url})
+    if config.relay_ca:
+        kept.append({"name": "HPC_OFFLOAD_RELAY_CA", "value": config.relay_ca})
+    return kept
