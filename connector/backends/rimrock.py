@@ -228,9 +228,12 @@ class RimrockBackend(Backend):
         if said == "RUNNING":
             return JobStatus(job_id, JobState.RUNNING, said)
         if said == "ABORTED":  # answered at once; SLURM is done when Rimrock has its end time
-            if info.get("end_time"):
-                return JobStatus(job_id, JobState.CANCELLED, said, reason="aborted through Rimrock")
-            return JobStatus(job_id, JobState.RUNNING, said, reason="aborting")
+            if not info.get("end_time"):
+                return JobStatus(job_id, JobState.RUNNING, said, reason="aborting")
+            found = self._slurm_state(job_id)  # Rimrock also says ABORTED for a job that had
+            if found is not None and found.state.ended and found.state is not JobState.CANCELLED:
+                return found  # ended on its own just before the abort
+            return JobStatus(job_id, JobState.CANCELLED, said, reason="aborted through Rimrock")
         if said in ("FINISHED", "ERROR"):
             return self._ended_status(job_id, said, info)
         # "": a SLURM state outside Rimrock's table; ask SLURM itself what it is

@@ -122,7 +122,7 @@ class UserJobs:
     def _apply(self, job: Job, status: str, history: dict[str, str] | None) -> None:
         if job.status != status:
             if job.status in TERMINAL:
-                log.warning("job %s: terminal state %s kept (the query said %r)", job.job_id,
+                log.debug("job %s: terminal state %s kept (the query said %r)", job.job_id,
                             job.status, status)
             else:
                 log.info("job %s: %s -> %s", job.job_id, job.status, status)
