@@ -31,6 +31,12 @@ CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.yaml").is_file())
 CONFIG = WebhookConfig()
 
 
+def _config(case: Path) -> WebhookConfig:
+    """A case's webhook config (its config.yaml, e.g. a relay installed), else the default."""
+    path = case / "config.yaml"
+    return WebhookConfig.from_file(path) if path.is_file() else CONFIG
+
+
 def _policy(case: Path) -> Policy | None:
     path = case / "policy.yaml"
     return Policy.load(path) if path.is_file() else None
@@ -38,7 +44,7 @@ def _policy(case: Path) -> Policy | None:
 
 def _render(case: Path) -> tuple[list[Any], str, str | None]:
     documents = load_documents((case / "input.yaml").read_text(), "input.yaml")
-    rendered, offloaded = render_documents(documents, "default", CONFIG, _policy(case))
+    rendered, offloaded = render_documents(documents, "default", _config(case), _policy(case))
     script = render_scripts(offloaded) if offloaded else None
     return rendered, dump_yaml(rendered), script
 
@@ -66,7 +72,7 @@ def test_golden(name: str) -> None:
 def test_idempotent(name: str) -> None:
     case = GOLDEN / name
     rendered, text, _ = _render(case)
-    again, _ = render_documents(rendered, "default", CONFIG, _policy(case))
+    again, _ = render_documents(rendered, "default", _config(case), _policy(case))
     assert again == rendered
     assert dump_yaml(again) == text
 
@@ -90,7 +96,7 @@ def _pods(document: Any) -> list[tuple[str, dict[str, Any]]]:
 def test_webhook_patch_gives_golden_pod(name: str) -> None:
     case = GOLDEN / name
     documents = load_documents((case / "input.yaml").read_text(), "input.yaml")
-    rendered, _ = render_documents(documents, "default", CONFIG, _policy(case))
+    rendered, _ = render_documents(documents, "default", _config(case), _policy(case))
     store = PolicyStore.of(_policy(case))
     for original, expected in zip(documents, rendered, strict=True):
         for (namespace, pod), (_, want) in zip(_pods(original), _pods(expected), strict=True):
@@ -107,7 +113,7 @@ def test_webhook_patch_gives_golden_pod(name: str) -> None:
                     "object": pod,
                 },
             }
-            status, body = handle_review(json.dumps(review).encode(), CONFIG, store)
+            status, body = handle_review(json.dumps(review).encode(), _config(case), store)
             assert status == 200
             response = body["response"]
             assert response["uid"] == "0f8c-uid" and response["allowed"] is True
