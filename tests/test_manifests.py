@@ -116,7 +116,7 @@ def test_service_and_pdb(overlay: str) -> None:
     assert port["port"] == 443 and port["targetPort"] == "https"
     container = webhook_pod(objs)["containers"][0]
     assert {"name": "https", "containerPort": 8443, "protocol": "TCP"} in container["ports"]
-    labels = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    labels = one(objs, "Deployment", "hpc-offload-webhook")["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= labels.items()
     pdb = one(objs, "PodDisruptionBudget", "hpc-offload-webhook")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -217,9 +217,11 @@ def test_cert_job_least_privilege(overlay: str) -> None:
     objs = build(overlay)
     job = one(objs, "Job", "hpc-offload-certs")
     pod = job["spec"]["template"]["spec"]
+    relay = ["--dns=hpc-offload-relay.hpc-offload.svc", "--dns=hpc-offload-relay.hpc-offload.svc.cluster.local",
+             *(["--ip=10.96.0.20"] if overlay == "dev" else [])]  # the relay shares the certificate
     assert pod["containers"][0]["args"] == [
         "hpc-offload", "certs", "install", "--service=hpc-offload-webhook",
-        f"--namespace={NS}", "--secret=hpc-offload-tls", "--webhook-config=hpc-offload"]
+        f"--namespace={NS}", "--secret=hpc-offload-tls", "--webhook-config=hpc-offload", *relay]
     cron = one(objs, "CronJob", "hpc-offload-certs-renew")
     cron_pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert cron_pod["containers"][0]["args"] == pod["containers"][0]["args"]
@@ -255,7 +257,8 @@ def test_cert_manager_injects_ca() -> None:
     issuer = one(objs, "Issuer", cert["spec"]["issuerRef"]["name"])
     assert issuer["spec"]["ca"]["secretName"] == one(objs, "Certificate", "hpc-offload-ca")[
         "spec"]["secretName"]
-    assert not of_kind(objs, "Job") and not of_kind(objs, "ClusterRole")
+    assert not of_kind(objs, "Job")
+    assert [r["metadata"]["name"] for r in of_kind(objs, "ClusterRole")] == ["hpc-offload-relay"]
 
 
 def test_user_overlay_replaces_policy(tmp_path: Path) -> None:
