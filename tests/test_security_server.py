@@ -123,6 +123,35 @@ def test_item10_fifty_slow_clients_do_not_stop_admissions(server: LocalServer) -
             conn.close()
 
 
+def test_item10_junk_clients_do_not_stall_the_workers(server: LocalServer) -> None:
+    """Item 10: connections that send junk (not TLS, or junk inside TLS) and stay open are
+    dropped at once; gthread lingered up to 2 s on a worker's event loop for each, so 40 of
+    them stalled admissions for many seconds."""
+    junk: list[socket.socket] = []
+    rng = random.Random(7)
+    try:
+        for index in range(30):
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            raw.sendall(rng.randbytes(rng.randrange(1, 3000)) if index % 3
+                        else b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            junk.append(raw)
+        for _ in range(10):
+            conn = tls_connection(server)
+            conn.sendall(rng.randbytes(500) + b"\r\n\r\n")
+            junk.append(conn)
+        time.sleep(0.5)
+        for _ in range(3):
+            start = time.monotonic()
+            resp = requests.post(server.url + "/mutate", json=review(pod()), verify=server.ca,
+                                 timeout=10)
+            elapsed = time.monotonic() - start
+            assert resp.status_code == 200
+            assert elapsed < 1.0, f"admission took {elapsed:.2f}s with 40 junk clients open"
+    finally:
+        for conn in junk:
+            conn.close()
+
+
 def test_item10_a_trickling_client_is_cut_off_at_the_deadline(server: LocalServer) -> None:
     """Item 10: the deadline is for the whole request, not per read: a client sending one
     byte a second is disconnected once the 5 s have passed (within the poller's 1 s tick)."""
