@@ -9,6 +9,7 @@ slurmdbd's, goes to the server on stdin, never on a command line.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pwd
@@ -72,7 +73,31 @@ def prepare() -> None:
     if rc != 0:
         raise DaemonError(f"mariadb-install-db failed (exit {rc}); read {logfile}")
     shutil.rmtree(DATA, ignore_errors=True)
+    for marker in layout.MARIADB_DIR.glob("*.done"):  # they spoke of the old datadir
+        marker.unlink()
     scratch.rename(DATA)
+
+
+def _marker(step: str) -> Path:
+    return layout.MARIADB_DIR / f"{step}.done"
+
+
+def _digest(inputs: str) -> str:
+    return hashlib.sha256(inputs.encode()).hexdigest()
+
+
+def done(step: str, inputs: str) -> bool:
+    """True if `step` already ran with these inputs against this datadir (a warm `up` then
+    skips the client round trips). Delete the *.done files to make `up` redo them."""
+    try:
+        return _marker(step).read_text().strip() == _digest(inputs)
+    except OSError:
+        return False
+
+
+def mark_done(step: str, inputs: str) -> None:
+    """Record that `step` succeeded with these inputs (only their hash is written)."""
+    _marker(step).write_text(_digest(inputs) + "\n")
 
 
 def answers() -> bool:
