@@ -52,15 +52,15 @@ def verify_injected(pod: Mapping[str, Any], parsed: Annotations, namespace: str,
     else AdmissionDenied naming what is wrong."""
     from webhook import mutation  # mutation imports this module lazily, for marked pods
 
-    metadata = pod.get("metadata") or {}
-    annotations = metadata.get("annotations") or {}
+    annotations = _dict(_dict(pod.get("metadata")).get("annotations"))
     if parsed.backend is None:
         raise _not_ours(f"it has no {BACKEND}")
     job = _job_spec(annotations.get(JOB_SPEC))
     spec = pod.get("spec")
     if not isinstance(spec, dict):
         raise _not_ours("it has no spec")
-    containers = [c for c in spec.get("containers") or [] if isinstance(c, dict)]
+    containers = [c for c in mutation.listed(spec.get("containers"), "spec.containers")
+                  if isinstance(c, dict)]
     container = next((c for c in containers if c.get("name") == job.container), None)
     if job.container is None or container is None:
         raise _not_ours(f"its {JOB_SPEC} names no container of the pod")
@@ -100,8 +100,10 @@ def _check_volumes(spec: Mapping[str, Any], container: Mapping[str, Any], backen
                    mutation: Any) -> None:
     """The connector reads the job spec and the profile through our volumes, as we wrote them
     (give or take the API server's defaults)."""
-    volumes = {v.get("name"): v for v in spec.get("volumes") or [] if isinstance(v, dict)}
-    mounts = {m.get("name"): m for m in container.get("volumeMounts") or [] if isinstance(m, dict)}
+    volumes = {v.get("name"): v for v in mutation.listed(spec.get("volumes"), "spec.volumes")
+               if isinstance(v, dict)}
+    mounts = {m.get("name"): m for m in mutation.listed(container.get("volumeMounts"),
+                                                        "volumeMounts") if isinstance(m, dict)}
     for want in mutation.added_volumes(backend):
         name = want["name"]
         have = volumes.get(name)
@@ -118,15 +120,15 @@ def _check_volumes(spec: Mapping[str, Any], container: Mapping[str, Any], backen
 def _volume_shape(volume: Mapping[str, Any]) -> Any:
     """What a volume gives the connector, without the fields the API server defaults."""
     if "downwardAPI" in volume:
-        items = (volume.get("downwardAPI") or {}).get("items") or []
+        items = _dict(volume.get("downwardAPI")).get("items")
         return ("downwardAPI", tuple(
-            (item.get("path"), (item.get("fieldRef") or {}).get("fieldPath"),
+            (item.get("path"), _dict(item.get("fieldRef")).get("fieldPath"),
              bool(item.get("resourceFieldRef")))
-            for item in items if isinstance(item, dict)))
+            for item in (items if isinstance(items, list) else ()) if isinstance(item, dict)))
     if "projected" in volume:
-        sources = (volume.get("projected") or {}).get("sources") or []
+        sources = _dict(volume.get("projected")).get("sources")
         shape = []
-        for source in sources:
+        for source in sources if isinstance(sources, list) else ():
             if not isinstance(source, dict) or len(source) != 1:
                 return ("projected", "unexpected source")
             (kind, body), = source.items()
@@ -136,4 +138,8 @@ def _volume_shape(volume: Mapping[str, Any]) -> Any:
         return ("projected", tuple(shape))
     if "emptyDir" in volume:
         return ("emptyDir",)
-    return (PREFIX, "other", tuple(sorted(k for k in volume if k != "name")))
+    return (PREFIX, "other", tuple(sorted(str(k) for k in volume if k != "name")))
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

@@ -208,7 +208,7 @@ def build_job_spec(
     runtime = ann.runtime or (rule.default_runtime() if rule is not None else None)
 
     env_names: dict[str, None] = {}
-    for item in container.get("env") or []:
+    for item in listed(container.get("env"), f"container {quote(name)}: env"):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise AdmissionDenied(f"container {quote(name)}: env entries need a name")
         env_names[item["name"]] = None
@@ -344,7 +344,8 @@ def _select_container(spec: dict[str, Any], wanted: str | None) -> dict[str, Any
         for container in containers:
             if container["name"] == wanted:
                 return container
-        inits = [c.get("name") for c in spec.get("initContainers") or [] if isinstance(c, dict)]
+        inits = [c.get("name") for c in listed(spec.get("initContainers"), "spec.initContainers")
+                 if isinstance(c, dict)]
         if wanted in inits:
             raise AdmissionDenied(
                 f"{PREFIX}container: {quote(wanted)} is an init container; only regular "
@@ -370,7 +371,7 @@ def inside(path: str, base: str) -> bool:
 
 
 def _check_reserved(spec: Mapping[str, Any], container: Mapping[str, Any]) -> None:
-    for volume in spec.get("volumes") or []:
+    for volume in listed(spec.get("volumes"), "spec.volumes"):
         if isinstance(volume, dict) and volume.get("name") in RESERVED_VOLUMES:
             raise AdmissionDenied(f"spec.volumes: the name {quote(volume['name'])} is reserved "
                                   "for hpc-offload; rename the volume")
@@ -408,10 +409,19 @@ def check_staging(container: Mapping[str, Any], job: JobSpec) -> None:
 
 
 def _mounts(container: Mapping[str, Any]) -> list[dict[str, Any]]:
-    mounts = container.get("volumeMounts") or []
-    if not isinstance(mounts, list):
-        raise AdmissionDenied(f"container {quote(container['name'])}: volumeMounts must be a list")
+    mounts = listed(container.get("volumeMounts"),
+                    f"container {quote(container['name'])}: volumeMounts")
     return [m for m in mounts if isinstance(m, dict)]
+
+
+def listed(value: Any, what: str) -> list[Any]:
+    """A list field of the pod: absent is empty; anything but a list is refused (the API
+    server would refuse it too, but after us)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise AdmissionDenied(f"{what}: must be a list")
+    return value
 
 
 def _make_connector(original: dict[str, Any], config: WebhookConfig) -> dict[str, Any]:
