@@ -71,7 +71,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     policy = root / "policy.yaml"
     policy.write_text(POLICY)
     certs = make_certs(root / "certs")
-    config = ROOT / "manifests" / "overlays" / "dev" / "config.yaml"  # what the cluster runs
+    config = root / "config.yaml"  # the image the cluster runs; no relay
+    config.write_text("connector_image: hpc-offload:dev\nimage_pull_policy: IfNotPresent\n")
     base = yaml.safe_load((ROOT / "manifests" / "base" / "mutatingwebhookconfiguration.yaml")
                           .read_text())
     with LocalServer(certs, root / "server.log", policy=policy, config=config) as server:
@@ -183,8 +184,7 @@ def test_item3_the_injected_command_ignores_a_hostile_pythonpath_in_the_image(se
     from webhook.config import load_config
     from webhook.mutation import connector_command
 
-    command = connector_command(load_config(ROOT / "manifests" / "overlays" / "dev" /
-                                            "config.yaml"))
+    command = connector_command(load_config(None, environ={}))
     evil = "raise SystemExit('hijacked by PYTHONPATH')"
     env = [{"name": "PYTHONPATH", "value": "/data"}, {"name": "PATH", "value": "/data:/usr/bin"}]
     spec = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "isolated"},
