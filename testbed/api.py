@@ -135,6 +135,8 @@ def ensure_up(listen: Iterable[str] = (), forget_listen: bool = False) -> Info:
             daemons.ensure(mariadb.daemon())
             slurmdbd.prepare()  # the database, its user and slurmdbd.conf
             specs = {d.name: d for d in _specs(addresses, conf, ssh_conf)}
+            if not slurmdbd.registered():  # a new database: no slurmctld before its cluster
+                daemons.stop(specs["slurmctld"])
             daemons.ensure(specs["slurmdbd"])
             slurmdbd.register()  # cluster, account, test user (before slurmctld registers)
             daemons.ensure(specs["slurmctld"])

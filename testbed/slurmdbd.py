@@ -106,10 +106,24 @@ def _sacctmgr(*args: str) -> str:
     return run(["sacctmgr", "-i", "-n", "-P", *args], timeout=60).stdout
 
 
+def _register_inputs(user: str) -> str:
+    return f"{CLUSTER}|{ACCOUNT}|{user}"
+
+
+def registered(user: str = layout.TEST_USER) -> bool:
+    """True once `register` succeeded against this database.
+
+    While it has not, slurmctld must not run: a slurmctld that reaches slurmdbd before its
+    cluster exists leaves a transaction open on the cluster's tables, and the `add cluster`
+    then waits on that metadata lock for ever (seen after a datadir was made anew).
+    """
+    return mariadb.done("register", _register_inputs(user))
+
+
 def register(user: str = layout.TEST_USER) -> None:
     """The cluster, the account and the user's association, each only if missing (asked of
     slurmdbd once per datadir: each sacctmgr call costs a quarter second on a busy node)."""
-    inputs = f"{CLUSTER}|{ACCOUNT}|{user}"
+    inputs = _register_inputs(user)
     if mariadb.done("register", inputs):
         return
     if CLUSTER not in _sacctmgr("show", "cluster", "format=cluster").split():
