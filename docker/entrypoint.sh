@@ -9,6 +9,6 @@
 set -eu
 case "${1:-}" in
     "") exec hpc-offload --help ;;
-    -* | run | simulate) exec "${HPC_OFFLOAD_PYTHON:-/opt/hpc-offload/bin/python3}" -I -m connector.cli "$@" ;;
+    -* | run | simulate | shell) exec "${HPC_OFFLOAD_PYTHON:-/opt/hpc-offload/bin/python3}" -I -m connector.cli "$@" ;;
     *) exec "$@" ;;
 esac
