@@ -63,13 +63,16 @@ def prepare() -> None:
     logfile.parent.mkdir(parents=True, exist_ok=True)
     log.info("mariadb: creating the system tables in %s (mariadb-install-db)", DATA)
     with open(logfile, "ab") as out:
-        rc = subprocess.run(
-            ["mariadb-install-db", "--no-defaults", f"--user={USER}", f"--datadir={scratch}",
-             "--auth-root-authentication-method=socket", "--skip-test-db",
-             "--skip-name-resolve", *SERVER_OPTIONS],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd="/",
-            check=False, timeout=300,
-        ).returncode
+        try:
+            rc = subprocess.run(
+                ["mariadb-install-db", "--no-defaults", f"--user={USER}", f"--datadir={scratch}",
+                 "--auth-root-authentication-method=socket", "--skip-test-db",
+                 "--skip-name-resolve", *SERVER_OPTIONS],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd="/",
+                check=False, timeout=300,
+            ).returncode
+        except subprocess.TimeoutExpired:
+            raise DaemonError(f"mariadb-install-db took over 300 s; read {logfile}") from None
     if rc != 0:
         raise DaemonError(f"mariadb-install-db failed (exit {rc}); read {logfile}")
     shutil.rmtree(DATA, ignore_errors=True)
@@ -131,11 +134,15 @@ def sql(statements: str, secret: str = "") -> str:
     They go on stdin, so a password inside never shows in `ps`; if one is given as
     `secret`, it is blanked out of any error message as well.
     """
-    proc = subprocess.run(
-        ["mariadb", "--no-defaults", f"--socket={SOCKET}", "--user=root", "--batch",
-         "--skip-column-names"],
-        input=statements, capture_output=True, text=True, timeout=60, check=False, cwd="/",
-    )
+    try:
+        proc = subprocess.run(
+            ["mariadb", "--no-defaults", f"--socket={SOCKET}", "--user=root", "--batch",
+             "--skip-column-names"],
+            input=statements, capture_output=True, text=True, timeout=60, check=False, cwd="/",
+        )
+    except subprocess.TimeoutExpired:
+        raise DaemonError("the mariadb client got no answer in 60 s; "
+                          f"read {layout.log_file('mariadbd')}") from None
     if proc.returncode != 0:
         err = (proc.stderr or proc.stdout).strip()
         if secret:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import subprocess
 
 from . import layout, mariadb
 from .daemons import Daemon, DaemonError, port_answers, run
@@ -103,7 +104,11 @@ def daemon(conf: str) -> Daemon:
 
 
 def _sacctmgr(*args: str) -> str:
-    return run(["sacctmgr", "-i", "-n", "-P", *args], timeout=60).stdout
+    try:
+        return run(["sacctmgr", "-i", "-n", "-P", *args], timeout=60).stdout
+    except subprocess.TimeoutExpired:
+        raise DaemonError(f"'sacctmgr {' '.join(args[:2])}' got no answer from slurmdbd in "
+                          f"60 s; read {layout.log_file('slurmdbd')}") from None
 
 
 def _register_inputs(user: str) -> str:
