@@ -11,7 +11,7 @@
 #SBATCH --mail-type=END
 # Rendered by hpc-offload for lab/everything; runtime: singularity.
 # Environment values reach this job from the scheduler, never from this file.
-singularity exec docker://registry.example.org/lab/app:2.0 app --config params.json
+srun --kill-on-bad-exit=1 singularity exec --nv docker://registry.example.org/lab/app:2.0 app --config params.json
 status=$?
 printf '%s\n' "$status" > /HPC_WORKDIR/hpco-POD_UID/exit-status
 exit "$status"
