@@ -22,7 +22,8 @@ def test_item10_webhook_pods_have_a_network_policy(overlay: str) -> None:
     objs = build(overlay)
     policy = one(objs, "NetworkPolicy", "hpc-offload-webhook")
     assert policy["metadata"]["namespace"] == NS
-    labels = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    labels = one(objs, "Deployment", "hpc-offload-webhook")["spec"]["template"]["metadata"][
+        "labels"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert policy["spec"]["egress"] == []
@@ -51,12 +52,15 @@ def test_item17_certificate_rights_are_named(overlay: str) -> None:
     every rule naming an existing object is limited by resourceNames (create, which cannot
     name its object, is the one exception Kubernetes forces)."""
     objs = build(overlay)
-    for role in of_kind(objs, "ClusterRole") + of_kind(objs, "Role"):
+    roles = [r for r in of_kind(objs, "ClusterRole") + of_kind(objs, "Role")
+             if r["metadata"]["name"] == "hpc-offload-certs"]
+    assert len(roles) == 2
+    for role in roles:
         for rule in role["rules"]:
             if rule["verbs"] == ["create"]:
                 continue
             assert rule.get("resourceNames"), (role["metadata"]["name"], rule)
-    [cluster_role] = of_kind(objs, "ClusterRole")
+    cluster_role = one(objs, "ClusterRole", "hpc-offload-certs")
     assert cluster_role["rules"] == [{
         "apiGroups": ["admissionregistration.k8s.io"],
         "resources": ["mutatingwebhookconfigurations"], "resourceNames": ["hpc-offload"],
