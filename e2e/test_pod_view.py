@@ -6,6 +6,7 @@ the pod instead of retrying for ever."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from kubernetes import client
@@ -73,3 +74,20 @@ def test_an_unreachable_site_ends_the_pod_with_the_last_error(hpc_ns, core, kube
     report = json.loads(terminated(pod).message)
     assert report["reason"] == "HPCUnreachable"
     assert "submit_timeout" in report["message"] and "refused" in report["message"].lower()
+
+
+def test_a_restart_after_the_end_runs_the_command_again(hpc_ns, core):
+    """Issue 13 item 6: with restartPolicy OnFailure a failed run is retried as a new HPC job
+    (its own tag and directory), not reported again."""
+    flag = f"/tmp/hpco-e2e-retry-{hpc_ns}"
+    script = f"if [ -e {flag} ]; then echo second run; rm -f {flag}; exit 0; fi; touch {flag}; echo first run; exit 3"
+    core.create_namespaced_pod(hpc_ns, pod_manifest("retry", ["bash", "-c", script], restart="OnFailure",
+                                                    annotations={"hpc.offload/runtime": "none"}))
+    pod = finished(core, hpc_ns, "retry")
+    assert pod.status.phase == "Succeeded"
+    assert pod.status.container_statuses[0].restart_count == 1
+    tags = subprocess.run(["squeue", "-h", "--states=all", "-O", "Comment:|,State:|"], capture_output=True,
+                          text=True, check=True).stdout.splitlines()
+    uid = pod.metadata.uid
+    mine = sorted(line.split("|")[:2] for line in tags if line.startswith(f"hpco-{uid}"))
+    assert mine == [[f"hpco-{uid}", "FAILED"], [f"hpco-{uid}-r1", "COMPLETED"]]
