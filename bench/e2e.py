@@ -122,7 +122,7 @@ def main() -> None:
     ns = f"bench-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     until(lambda: core.list_namespaced_service_account(ns).items, every=0.1)
-    profile = subprocess.run([sys.executable, "-m", "webhook.admin_cli", "testbed", "profile", "slurm-ssh",
+    profile = subprocess.run([sys.executable, "-m", "hpc_cli.main", "testbed", "profile", "slurm-ssh",
                               "--name", "testbed", "--host", "10.88.0.1"], cwd=REPO, capture_output=True,
                              text=True, check=True).stdout
     from e2e.cluster import info

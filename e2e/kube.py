@@ -41,7 +41,7 @@ def apply_profile(kubectl: Kubectl, namespace: str, kind: str, name: str, host: 
     """`hpc-offload testbed profile KIND --name NAME --host HOST | kubectl apply`, as users do;
     `changes` are merged into the profile's configuration JSON (e.g. a port nobody answers)."""
     text = subprocess.run(
-        ["python3", "-m", "webhook.admin_cli", "testbed", "profile", kind, "--name", name, "--host", host],
+        ["python3", "-m", "hpc_cli.main", "testbed", "profile", kind, "--name", name, "--host", host],
         cwd=REPO, capture_output=True, text=True, check=True).stdout
     if changes:
         docs = [doc for doc in yaml.safe_load_all(text) if doc]

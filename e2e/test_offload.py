@@ -409,7 +409,7 @@ def test_kubectl_hpc_jobs_lists_offloaded_pods(hpc_ns, core, cluster):
         [
             "python3",
             "-m",
-            "webhook.admin_cli",
+            "hpc_cli.main",
             "jobs",
             "-n",
             hpc_ns,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from webhook.admin_cli import cli
+from hpc_cli.main import cli
 
 
 def main() -> None:

@@ -12,12 +12,12 @@ import click
 
 # name -> "module:attribute" of a click command or group
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("webhook.serve_cli:serve", "Serve the admission webhook over TLS (gunicorn)."),
-    "render": ("webhook.render_cli:render", "Print manifests as the webhook would mutate them."),
+    "serve": ("hpc_cli.serve:serve", "Serve the admission webhook over TLS (gunicorn)."),
+    "render": ("hpc_cli.render:render", "Print manifests as the webhook would mutate them."),
     "certs": ("certs.cli:certs", "Generate and install the webhook's certificates."),
     "testbed": ("testbed.cli:testbed", "Start, stop and describe the local SLURM testbed."),
     "e2e": ("e2e.cluster.cli:e2e", "The local Kubernetes cluster used by the e2e tests."),
-    "jobs": ("webhook.jobs_cli:jobs", "List offloaded pods with their HPC job id and state."),
+    "jobs": ("hpc_cli.jobs:jobs", "List offloaded pods with their HPC job id and state."),
     "relay": ("relay.cli:relay", "Serve the relay: one site session per profile for every connector."),
 }
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from webhook.jobs_cli import (
+from hpc_cli.jobs import (
     JobRow,
     format_json,
     format_table,
@@ -201,7 +201,7 @@ def test_format_table_and_json() -> None:
 def test_registered_as_subcommand() -> None:
     from click.testing import CliRunner
 
-    from webhook.admin_cli import cli
+    from hpc_cli.main import cli
 
     result = CliRunner().invoke(cli, ["jobs", "--help"])
     assert result.exit_code == 0 and "--all-namespaces" in result.output

@@ -19,7 +19,7 @@ WORKLOADS = {"Pod": (), "Job": ("spec", "template")}
 
 
 def _render(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "webhook.admin_cli", "render", "-f", str(path),
+    return subprocess.run([sys.executable, "-m", "hpc_cli.main", "render", "-f", str(path),
                            *extra], capture_output=True, text=True, timeout=60,
                           cwd=EXAMPLES.parent)
 

@@ -23,7 +23,7 @@ from webhook.admission import handle_review
 from webhook.config import WebhookConfig
 from webhook.manifests import TEMPLATE_PATHS
 from webhook.policy import Policy, PolicyStore
-from webhook.render_cli import dump_yaml, load_documents, render_documents, render_scripts
+from hpc_cli.render import dump_yaml, load_documents, render_documents, render_scripts
 
 GOLDEN = Path(__file__).parent / "golden" / "mutation"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"

@@ -7,8 +7,8 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 
-from webhook.admin_cli import cli
-from webhook.render_cli import render
+from hpc_cli.main import cli
+from hpc_cli.render import render
 
 GOLDEN = Path(__file__).parent / "golden" / "mutation"
 

@@ -289,7 +289,7 @@ def test_policy_file_is_reloaded(server, policy_file):
 def test_files_written_per_request_are_in_memory(server):
     """gunicorn's heartbeat and the metric files are touched on every request: on this host's
     disk-backed /tmp they stalled requests, so serve keeps them in /dev/shm."""
-    from webhook.serve_cli import memory_dir
+    from hpc_cli.serve import memory_dir
 
     if memory_dir() is None:
         pytest.skip("no writable /dev/shm here")

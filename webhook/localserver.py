@@ -33,7 +33,7 @@ def make_certs(out: Path) -> Path:
 
 
 class LocalServer:
-    """`python -m webhook.admin_cli serve` on 127.0.0.1:<free port>, logs to a file."""
+    """`python -m hpc_cli.main serve` on 127.0.0.1:<free port>, logs to a file."""
 
     def __init__(self, certs: Path, log: Path, *, workers: int = 2, threads: int = 4,
                  policy: Path | None = None, config: Path | None = None,
@@ -42,7 +42,7 @@ class LocalServer:
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.ca = str(certs / "ca.crt")
-        cmd = [sys.executable, "-m", "webhook.admin_cli", "serve",
+        cmd = [sys.executable, "-m", "hpc_cli.main", "serve",
                "--cert", str(certs / "tls.crt"), "--key", str(certs / "tls.key"),
                "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
                "--threads", str(threads), "--log-level", log_level]
