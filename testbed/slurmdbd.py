@@ -146,8 +146,13 @@ def register(user: str = layout.TEST_USER) -> None:
 
 
 def job_record(job_id: int, user: str = layout.TEST_USER) -> dict[str, str] | None:
-    """The job's own line in `sacct` (no steps), as that user sees it; None if unknown."""
-    fields = ("JobID", "State", "ExitCode", "Comment")
+    """The job's own line in `sacct` (no steps), as that user sees it; None if unknown.
+
+    Final only once End is a time: a job that ended while slurmdbd was down first comes
+    back with its end state but ExitCode 0:0 and End=Unknown; slurmctld's queued end record
+    (the real exit code) follows some seconds later.
+    """
+    fields = ("JobID", "State", "ExitCode", "End", "Comment")  # Comment last: it may hold |
     proc = run(["sacct", "-j", str(int(job_id)), "-n", "-P", "-X",
                 "-o", ",".join(fields)], user=user, check=False, timeout=30)
     if proc.returncode != 0:

@@ -57,7 +57,8 @@ def _sacct_final(job_id: int, timeout: float = BUSY) -> dict[str, str]:
     record = None
     while time.monotonic() < deadline:
         record = slurmdbd.job_record(job_id)
-        if record is not None and record["State"].split()[0] not in ACTIVE:
+        if record is not None and record["State"].split()[0] not in ACTIVE and \
+                record["End"] != "Unknown":
             return record
         time.sleep(0.2)
     raise AssertionError(f"sacct has no final state for job {job_id} after {timeout} s: {record}")
