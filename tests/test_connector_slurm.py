@@ -232,3 +232,26 @@ def test_a_shell_in_the_running_allocation(backend, profiles, run_connector, tmp
     assert job_id == run.job_id and step != "batch" and host == socket.gethostname()
     run.proc.send_signal(signal.SIGTERM)
     assert run.wait(timeout=60) == 143
+
+
+def test_a_job_slurmctld_forgot_is_resolved_from_the_accounting_database(testbed_info):
+    """Issue 13 item 5: the end state and exit code of a job no longer in the controller's
+    memory come from sacct (the testbed runs slurmdbd with MariaDB)."""
+    from connector.backends.slurm_local import SlurmLocalBackend
+    from connector.profile import Profile
+
+    out = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "exit 6"],
+                         capture_output=True, text=True, check=True).stdout
+    job_id = out.strip().split(";")[0]
+    backend = SlurmLocalBackend(Profile(backend="slurm-local"))
+    deadline = time.monotonic() + 120
+    while True:  # the accounting record is written a moment after the end
+        records = backend._accounting([job_id, "999999999"])
+        if job_id in records or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    from connector.backends.slurm import status_from_listing
+
+    status = status_from_listing(records[job_id])
+    assert (status.state.value, status.exit_code) == ("FAILED", 6)
+    assert "999999999" not in records

@@ -215,7 +215,7 @@ class SlurmBackend(ShellBackend):
         if self._no_accounting:
             return {}
         argv = ["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={','.join(job_ids)}",
-                "--format=JobID,State,ExitCode,Reason,NodeList"]
+                "--format=JobID,State,ExitCode,Reason,NodeList,End"]
         self.scheduler_calls += 1
         result = self.transport.run(argv)
         if not result.ok:
@@ -224,7 +224,9 @@ class SlurmBackend(ShellBackend):
         records = {}
         for line in result.stdout.splitlines():
             fields = line.split("|")
-            if len(fields) >= 5 and fields[0] in job_ids:
+            # a record written while slurmdbd was away reads FAILED 0:0 with End=Unknown until
+            # the real one arrives: only a record with an end time is final
+            if len(fields) >= 6 and fields[0] in job_ids and fields[5] not in ("Unknown", "None", ""):
                 records[fields[0]] = {"JobID": fields[0], "State": fields[1], "exit_code": fields[2],
                                       "Reason": fields[3], "BatchHost": fields[4], "RestartCnt": "0"}
         return records
