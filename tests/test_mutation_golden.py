@@ -19,11 +19,11 @@ import jsonpatch
 import pytest
 import yaml
 
+from hpc_cli.render import dump_yaml, load_documents, render_documents, render_scripts
 from webhook.admission import handle_review
 from webhook.config import WebhookConfig
 from webhook.manifests import TEMPLATE_PATHS
 from webhook.policy import Policy, PolicyStore
-from hpc_cli.render import dump_yaml, load_documents, render_documents, render_scripts
 
 GOLDEN = Path(__file__).parent / "golden" / "mutation"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
