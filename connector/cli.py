@@ -13,6 +13,7 @@ Paper-compatible form (hpc-connector, 2020; docs/paper-compatibility.md):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -128,6 +129,11 @@ def run(spec_file: str, profile_dir: str, state_dir: str | None, pod_info: str |
             raise SpecError(f"cannot read the job spec {spec_file}: {exc.strerror}") from None
         spec = JobSpec.from_json(text)
         info = read_pod_info(Path(pod_info) if pod_info else Path(spec_file).parent)
+        if info.get("uid") and "pod" in json.loads(text):
+            # The pod's identity names its HPC job: only the kubelet (downward API) may say it,
+            # never an annotation someone wrote by hand (it would reattach to another pod's job).
+            raise SpecError("the job spec may not carry `pod`: a pod's identity comes from the "
+                            "downward API (is the hpc.offload/job-spec annotation hand-written?)")
         if info and not spec.pod.uid:
             spec = _with_pod(spec, info)
         profile = load_profile_dir(profile_dir)

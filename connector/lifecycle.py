@@ -68,6 +68,9 @@ def job_environment(spec: JobSpec, environ: Mapping[str, str]) -> dict[str, str]
     included, into the job's output), and none that configures the HPC side itself
     (`_HPC_SIDE_ENV`); the others are named once in the log, never their values."""
     env: dict[str, str] = {}
+    if spec.env_prefix:  # only the container's own variables, under their own names
+        prefix = spec.env_prefix
+        environ = {name[len(prefix):]: value for name, value in environ.items() if name.startswith(prefix)}
     if spec.env_from:
         for name, value in environ.items():
             if name in _SYSTEM_ENV or name.startswith(_SYSTEM_PREFIXES):

@@ -16,6 +16,10 @@ from typing import Any
 from connector.errors import SpecError
 
 SPEC_VERSION = 2  # 1 named SLURM options (`slurm`); still read
+# The webhook renames the offloaded container's env entries NAME -> ENV_PREFIX + NAME (and
+# prefixes its envFrom), so no pod variable (LD_PRELOAD, PATH, HPC_OFFLOAD_*) can act on the
+# connector's own process before it starts; the connector strips the prefix for the job.
+ENV_PREFIX = "HPCO_ENV_"
 MAX_COUNT = 10**9  # any count or seconds beyond this is a typo, not a request
 RUNTIMES = ("singularity", "apptainer", "charliecloud", "podman", "enroot", "none")
 LOG_MODES = ("stream", "job-only", "end", "none")  # job-only: stream, and the connector is quiet
@@ -217,6 +221,7 @@ class JobSpec:
     script: str | None = None
     pod: PodRef = field(default_factory=PodRef)
     container: str | None = None
+    env_prefix: str | None = None  # the webhook renamed the container's env NAME to PREFIX+NAME
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
@@ -242,6 +247,8 @@ class JobSpec:
                 raise SpecError("command/args: every item must be text without NUL bytes")
         if self.poll_interval is not None and self.poll_interval < MIN_POLL_INTERVAL:
             raise SpecError(f"poll_interval: {self.poll_interval} is below {MIN_POLL_INTERVAL:g}s")
+        if self.env_prefix is not None and not _ENV_NAME.fullmatch(self.env_prefix):
+            raise SpecError(f"env_prefix: {self.env_prefix!r} is not a variable name prefix")
         if self.pod.uid and not _UID.fullmatch(self.pod.uid):
             raise SpecError(f"pod.uid: {self.pod.uid!r} is not a Kubernetes UID")
         res = self.resources

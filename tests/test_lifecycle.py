@@ -414,3 +414,32 @@ def test_records_refuse_unknown_fields_and_other_versions():
     assert record.parse("2026-11-30T10:00:00Z stderr F " + text)["job"] == "7"
     assert record.parse(text.replace('"v": 1', '"v": 2')) is None
     assert record.parse("hpc-offload-state: {not json") is None
+
+
+def test_the_job_gets_the_containers_variables_under_their_own_names(tmp_path):
+    """With the webhook's prefix only the container's own variables reach the job (the
+    kubelet's service variables and the connector's settings do not), unprefixed."""
+    backend = FakeBackend()
+    environ = {"HPCO_ENV_RUN_ID": "42", "HPCO_ENV_DB_PASSWORD": "pw", "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+               "HPC_OFFLOAD_RELAY_URL": "https://relay", "HPCO_ENV_LD_PRELOAD": "/x.so", "OTHER": "no"}
+    run = Run(backend, tmp_path, job=spec(env_from=True, env_prefix="HPCO_ENV_"), environ=environ)
+    job = backend.job()
+    assert dict(job.request.env) == {"RUN_ID": "42", "DB_PASSWORD": "pw"}
+    backend.end(job, JobState.COMPLETED, 0)
+    assert run.wait() == 0
+
+
+def test_a_hand_written_spec_cannot_claim_another_pods_identity(tmp_path):
+    """Issue 12 item 7 (connector half): `pod` names the HPC job to reattach to; in a pod only
+    the downward API may give it, so a spec carrying it is refused before anything runs."""
+    import subprocess
+    import sys
+
+    (tmp_path / "pod-uid").write_text("11111111-2222-3333-4444-555555555555")
+    (tmp_path / "job-spec.json").write_text(json.dumps({
+        "command": ["true"], "runtime": "none", "pod": {"namespace": "victims", "name": "x", "uid": UID}}))
+    proc = subprocess.run([sys.executable, "-m", "connector.cli", "run", "--spec", str(tmp_path / "job-spec.json"),
+                           "--profile", str(tmp_path / "no-profile"), "--termination-log", str(tmp_path / "t")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 64
+    assert "may not carry `pod`" in proc.stderr

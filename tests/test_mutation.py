@@ -57,7 +57,26 @@ def test_input_is_not_modified_and_only_what_changes_is_new() -> None:
                  ["spec", "securityContext"], ["spec", "volumes"]):
         assert _at(result, path) is not _at(original, path), path
     assert result["spec"]["containers"][1] is original["spec"]["containers"][1]
-    assert result["spec"]["containers"][0]["env"] is original["spec"]["containers"][0]["env"]
+    assert result["spec"]["containers"][0]["env"] == [{"name": "HPCO_ENV_A", "value": "secret"}]
+
+
+def test_the_containers_env_is_renamed_so_no_variable_acts_on_the_connector() -> None:
+    """Issue 12 item 3: `-I` does not stop the dynamic loader; a pod LD_PRELOAD (a library on a
+    volume the user controls) would run inside the connector, which holds the profile's
+    credentials. Every entry gets the prefix; references to earlier ones follow; `$$` stays."""
+    original = pod(env=[{"name": "LD_PRELOAD", "value": "/data/evil.so"},
+                        {"name": "BASE", "value": "/scratch"},
+                        {"name": "OUT", "value": "$(BASE)/out $$(BASE) $(UNKNOWN)"},
+                        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "t"}}}])
+    original["spec"]["containers"][0]["envFrom"] = [{"configMapRef": {"name": "c"}},
+                                                    {"prefix": "DB_", "secretRef": {"name": "d"}}]
+    container = mutate(original, "default", CONFIG, None)["spec"]["containers"][0]
+    assert [e["name"] for e in container["env"]] == ["HPCO_ENV_LD_PRELOAD", "HPCO_ENV_BASE", "HPCO_ENV_OUT",
+                                                     "HPCO_ENV_TOKEN"]
+    assert container["env"][2]["value"] == "$(HPCO_ENV_BASE)/out $$(BASE) $(UNKNOWN)"
+    assert container["env"][3]["valueFrom"] == {"secretKeyRef": {"name": "s", "key": "t"}}
+    assert [e.get("prefix") for e in container["envFrom"]] == ["HPCO_ENV_", "HPCO_ENV_DB_"]
+    assert spec_of({"metadata": mutate(original, "default", CONFIG, None)["metadata"]})["env_prefix"] == "HPCO_ENV_"
 
 
 def test_unannotated_and_injected_pods_come_back_as_deep_copies() -> None:

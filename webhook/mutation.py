@@ -19,7 +19,7 @@ import orjson
 
 from connector.errors import SpecError
 from connector.render import hpc_image
-from connector.spec import MAX_COUNT, JobSpec, Resources, parse_time_limit
+from connector.spec import ENV_PREFIX, MAX_COUNT, JobSpec, Resources, parse_time_limit
 from webhook.annotations import (
     INJECTED,
     JOB_SPEC,
@@ -244,6 +244,7 @@ def build_job_spec(
             stage_out=ann.stage_out,
             script=ann.script,
             container=name,
+            env_prefix=ENV_PREFIX,
         )
         job.check_runnable()
         if (rule is not None and rule.pins_image() and job.hpc_image is None
@@ -436,6 +437,10 @@ def _make_connector(original: dict[str, Any], config: WebhookConfig) -> dict[str
     kept = [m for m in (mounts if isinstance(mounts, list) else ())
             if not (isinstance(m, dict) and inside(normalise(m.get("mountPath", "")), TOKEN_DIR))]
     container["volumeMounts"] = [*kept, *added_mounts()]
+    if "env" in container:
+        container["env"] = prefixed_env(container["env"])
+    if "envFrom" in container:
+        container["envFrom"] = prefixed_env_from(container["envFrom"])
     if config.relay_url:
         container["volumeMounts"].append({"name": RELAY_TOKEN, "mountPath": RELAY_DIR, "readOnly": True})
         container["env"] = relay_env(container.get("env"), config)
@@ -509,6 +514,39 @@ def relay_volumes(config: WebhookConfig) -> list[dict[str, Any]]:
         return []
     token = {"audience": RELAY_AUDIENCE, "expirationSeconds": config.relay_token_seconds, "path": "token"}
     return [{"name": RELAY_TOKEN, "projected": {"sources": [{"serviceAccountToken": token}]}}]
+
+
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def prefixed_env(env: Any) -> Any:
+    """The container's env under ENV_PREFIX + NAME: data for the job that no program in the
+    connector container reads as a setting (an `LD_PRELOAD` would act on the interpreter before
+    any of our code runs). `$(NAME)` references to earlier entries follow the rename, so the
+    kubelet still resolves them; `$$` stays an escape."""
+    if not isinstance(env, list):
+        return env
+    seen: set[str] = set()
+    out: list[Any] = []
+    for item in env:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            out.append(item)
+            continue
+        renamed = {**item, "name": ENV_PREFIX + item["name"]}
+        if isinstance(item.get("value"), str):
+            renamed["value"] = _REFERENCE.sub(
+                lambda m: f"$({ENV_PREFIX}{m.group(1)})" if m.group(1) in seen else m.group(0), item["value"])
+        seen.add(item["name"])
+        out.append(renamed)
+    return out
+
+
+def prefixed_env_from(env_from: Any) -> Any:
+    """`envFrom` sources with ENV_PREFIX before their own prefix (see prefixed_env)."""
+    if not isinstance(env_from, list):
+        return env_from
+    return [{**item, "prefix": ENV_PREFIX + str(item.get("prefix") or "")} if isinstance(item, dict) else item
+            for item in env_from]
 
 
 def relay_env(env: Any, config: WebhookConfig) -> list[Any]:
