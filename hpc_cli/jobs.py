@@ -1,14 +1,15 @@
-"""`kubectl hpc jobs` (also `hpc-offload jobs`): offloaded pods with their HPC job id and state.
+"""`kubectl hpc jobs` (also `hpc-offload jobs`): offloaded pods with their HPC job, state,
+reason and queue position.
 
 The connector has no API access (paper requirement R4), so it records nothing in the API
 server. Everything here comes from what Kubernetes already keeps (docs/kubectl-hpc.md):
 
 - a terminated connector: its termination message, JSON `{jobId, state, exitCode, reason,
   message}` (connector/outcome.py);
-- a running one: its log, i.e. the connector's own lines `submitted HPC job N`, `reattaching
-  to HPC job N`, `HPC job N pending…` / `running…` (connector/lifecycle.py). The last ~200
-  lines give the latest state; when job output has pushed the submit line out of them, the
-  head of the log (where it always is) gives the id.
+- a running one: its log, where the connector writes one versioned, machine-readable record
+  per state change (`hpc-offload-state: {"v": 1, "job": …, "state": …}`, connector/record.py).
+  The last ~200 lines give the latest record; when job output has pushed it out of them, the
+  head of the log (where the first records always are) gives the job id and the state then.
 
 The parsing and formatting below work on plain (camelCase) dicts, as `kubectl get -o json`
 prints them; only `jobs()` talks to the API server.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
+
+from connector import record
 
 BACKEND = "hpc.offload/backend"
 CONTAINER = "hpc.offload/container"
@@ -35,14 +37,6 @@ INJECTED = "injected"
 TAIL_LINES = 200
 HEAD_BYTES = 16384
 NONE = "-"
-
-# Connector lines: "2024-05-01T10:00:00Z hpc-connector INFO submitted HPC job 42 (…)".
-# Anchored on the connector's own prefix so job output that merely mentions a job is ignored.
-_PREFIX = r"^\S+ hpc-connector (?:INFO|WARNING|DEBUG|ERROR) "
-_SUBMITTED = re.compile(_PREFIX + r"(?:submitted|reattaching to) HPC job (?P<id>[^\s,()]+)")
-_STATE = re.compile(_PREFIX + r"HPC job (?P<id>[^\s,()]+) (?P<state>pending|running|ended)"
-                    r"(?: (?P<end>[A-Z_]+))?")
-_CANCELLING = re.compile(_PREFIX + r"stopping: cancelling HPC job (?P<id>[^\s,()]+)")
 
 LogReader = Callable[[str, str, str, bool], str]  # (namespace, pod, container, head) -> text
 
@@ -61,14 +55,15 @@ class JobRow:
     container: str | None = None
     exit_code: int | None = None  # the connector's, once it ended
     reason: str | None = None
-    source: str | None = None  # where id/state came from: termination-message, log, None
+    position: int | None = None  # place in the HPC queue while pending
+    source: str | None = None  # where id/state came from: termination-message, record, None
 
     def to_json(self) -> dict[str, Any]:
         """camelCase keys, as in the termination message."""
         return {"namespace": self.namespace, "pod": self.pod, "profile": self.profile,
                 "jobId": self.job_id, "state": self.state, "phase": self.phase,
                 "age": self.age, "container": self.container, "exitCode": self.exit_code,
-                "reason": self.reason, "source": self.source}
+                "reason": self.reason, "position": self.position, "source": self.source}
 
 
 def is_offloaded(pod: Mapping[str, Any]) -> bool:
@@ -116,19 +111,9 @@ def parse_termination(message: str | None) -> dict[str, Any] | None:
     return data
 
 
-def parse_log(text: str) -> tuple[str | None, str | None]:
-    """(job id, state) from connector log lines: the last submit/reattach and state lines."""
-    job_id: str | None = None
-    state: str | None = None
-    for line in text.splitlines():
-        if m := _SUBMITTED.match(line):
-            job_id, state = m["id"], "SUBMITTED"
-        elif m := _STATE.match(line):
-            job_id = m["id"]
-            state = m["end"] if m["state"] == "ended" and m["end"] else m["state"].upper()
-        elif m := _CANCELLING.match(line):
-            job_id, state = m["id"], "CANCELLING"
-    return job_id, state
+def last_record(text: str) -> dict[str, Any] | None:
+    """The connector's newest state record in a log text (connector/record.py), or None."""
+    return record.last(text)
 
 
 def human_age(created: str | None, now: dt.datetime) -> str:
@@ -187,26 +172,35 @@ def row_for(pod: Mapping[str, Any], read_log: LogReader | None, now: dt.datetime
                           source="termination-message")
     if not container or read_log is None or not ("running" in current or terminated is not None):
         return JobRow(**common, job_id=None, state=None)  # not started: nothing submitted
-    job_id, state = _from_logs(read_log, namespace, name, container)
-    source = "log" if job_id or state else None
-    exit_code = reason = None
+    found = _record_from_logs(read_log, namespace, name, container)
+    if found is None:
+        return JobRow(**common, job_id=None, state="?")  # the log could not be read
+    job_id, state = _text(found.get("job")), _text(found.get("state"))
+    reason, position = _text(found.get("reason")), found.get("position")
+    exit_code = found.get("exit") if isinstance(found.get("exit"), int) else None
     if terminated is not None:  # the connector ended without its message (killed, OOM): say so
         exit_code, reason = terminated.get("exitCode"), terminated.get("reason")
         state = f"unknown (connector {reason or 'exited'} {exit_code})"
     return JobRow(**common, job_id=job_id, state=state, exit_code=exit_code, reason=reason,
-                  source=source)
+                  position=position if isinstance(position, int) and state == "PENDING" else None,
+                  source="record" if found else None)
 
 
-def _from_logs(read_log: LogReader, namespace: str, pod: str,
-               container: str) -> tuple[str | None, str | None]:
+def _text(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _record_from_logs(read_log: LogReader, namespace: str, pod: str,
+                      container: str) -> dict[str, Any] | None:
+    """The newest record: from the log's tail, else from its head; {} when there is none yet,
+    None when the log cannot be read."""
     try:
-        job_id, state = parse_log(read_log(namespace, pod, container, False))
-        if job_id is None:  # output pushed the submit line out of the tail: it heads the log
-            head_id, head_state = parse_log(read_log(namespace, pod, container, True))
-            job_id, state = head_id, state or head_state
+        found = last_record(read_log(namespace, pod, container, False))
+        if found is None:  # output pushed the records out of the tail: the first ones head the log
+            found = last_record(read_log(namespace, pod, container, True))
     except Exception:  # a log we may not read must not break the listing
-        return None, "?"
-    return job_id, state
+        return None
+    return found or {}
 
 
 def rows_for(pods: Iterable[Mapping[str, Any]], read_log: LogReader | None,
@@ -223,7 +217,8 @@ def rows_for(pods: Iterable[Mapping[str, Any]], read_log: LogReader | None,
 
 
 COLUMNS = (("NAMESPACE", "namespace"), ("POD", "pod"), ("PROFILE", "profile"),
-           ("HPC-JOB", "job_id"), ("HPC-STATE", "state"), ("PHASE", "phase"), ("AGE", "age"))
+           ("HPC-JOB", "job_id"), ("HPC-STATE", "state"), ("REASON", "reason"), ("QUEUE", "position"),
+           ("PHASE", "phase"), ("AGE", "age"))
 
 
 def printable(text: str) -> str:
@@ -280,11 +275,11 @@ def _current_namespace(kubeconfig: str | None) -> str:
               show_default=True)
 def jobs(namespace: str | None, all_namespaces: bool, kubeconfig: str | None,
          output: str) -> None:
-    """List offloaded pods with their HPC job id and state.
+    """List offloaded pods with their HPC job, state, reason and queue position.
 
-    The id and state come from the connector's termination message once it ended, and from
-    its log while it runs (the connector has no API access): reading them needs `get`/`list`
-    on pods and `get` on pods/log.
+    They come from the connector's termination message once it ended, and from the state
+    records in its log while it runs (the connector has no API access): reading them needs
+    `list` on pods and `get` on pods/log.
     """
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException

@@ -1,64 +1,41 @@
-"""`hpc-offload`: the admin and user command line.
+"""`hpc-offload`: the command line for users, admins and developers.
 
-Sub-commands live beside the code they drive and are imported only when called, so
-`hpc-offload --help` stays fast and a connector image never loads the webhook's libraries.
+The user's commands (render, jobs, shell) are also the kubectl plugin's (`hpc_cli.kubectl`);
+the admin's and developer's (serve, certs, relay, chart, testbed, e2e) are only here.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
-# name -> "module:attribute" of a click command or group
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("hpc_cli.serve:serve", "Serve the admission webhook over TLS (gunicorn)."),
-    "render": ("hpc_cli.render:render", "Print manifests as the webhook would mutate them."),
-    "certs": ("certs.cli:certs", "Generate and install the webhook's certificates."),
-    "testbed": ("testbed.cli:testbed", "Start, stop and describe the local SLURM testbed."),
-    "e2e": ("e2e.cluster.cli:e2e", "The local Kubernetes cluster used by the e2e tests."),
-    "jobs": ("hpc_cli.jobs:jobs", "List offloaded pods with their HPC job id and state."),
-    "relay": ("relay.cli:relay", "Serve the relay: one site session per profile for every connector."),
+from hpc_cli.lazy import Entry, LazyGroup
+
+#: `kubectl hpc …`: what a user of a cluster needs on their own machine (extra `cli`)
+USER_COMMANDS: dict[str, Entry] = {
+    "render": Entry("hpc_cli.render:render", "Print manifests as the webhook would mutate them.",
+                    "cli", ("orjson",)),
+    "jobs": Entry("hpc_cli.jobs:jobs", "List offloaded pods with their HPC job, state and queue position.",
+                  "cli", ("kubernetes",)),
+    "shell": Entry("hpc_cli.shell:shell", "Open a shell (or run a command) inside a pod's running HPC job."),
+}
+
+#: admin and developer commands: the webhook, its certificates, the relay, the chart, the testbed
+ADMIN_COMMANDS: dict[str, Entry] = {
+    "serve": Entry("hpc_cli.serve:serve", "Serve the admission webhook over TLS (gunicorn).", "webhook",
+                   ("flask", "gunicorn")),
+    "certs": Entry("certs.cli:certs", "Generate and install the webhook's certificates.", "webhook",
+                   ("cryptography", "kubernetes")),
+    "relay": Entry("relay.cli:relay", "Serve the relay: one site session per profile for every connector.",
+                   "webhook", ("aiohttp",)),
+    "chart": Entry("hpc_cli.chart:chart", "Generate the Helm chart from the kustomize base (and check it)."),
+    "testbed": Entry("testbed.cli:testbed", "Start, stop and describe the local SLURM testbed.", "test"),
+    "e2e": Entry("e2e.cluster.cli:e2e", "The local Kubernetes cluster used by the e2e tests.", "test",
+                 ("kubernetes",)),
 }
 
 
-class LazyGroup(click.Group):
-    """A group whose sub-commands are imported on first use."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(SUBCOMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = SUBCOMMANDS.get(cmd_name)
-        if target is None:
-            return None
-        module_name, _, attr = target[0].partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:  # an optional extra is not installed
-            return _unavailable(cmd_name, target[1], exc)
-        command = getattr(module, attr)
-        assert isinstance(command, click.Command)
-        return command
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, help_) for name, (_, help_) in sorted(SUBCOMMANDS.items())]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-
-def _unavailable(name: str, help_: str, exc: ImportError) -> click.Command:
-    @click.command(name=name, help=help_)
-    def missing() -> None:
-        raise click.ClickException(
-            f"'{name}' needs a part that is not installed ({exc.name}); "
-            "install it with: pip install 'hpc-offload[webhook]'"
-        )
-
-    return missing
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, commands_table={**USER_COMMANDS, **ADMIN_COMMANDS},
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hpc-offload")
 def cli() -> None:
     """hpc-offload: run annotated Kubernetes pods as HPC (SLURM) jobs.

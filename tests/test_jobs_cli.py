@@ -1,21 +1,26 @@
-"""`kubectl hpc jobs`: parsing the connector's termination message and log, and formatting,
-on plain pod dicts (the real cluster is exercised by the e2e suite)."""
+"""`kubectl hpc jobs`: the connector's termination message and the versioned state records in
+its log (connector/record.py), and formatting, on plain pod dicts; the records are written by
+the connector's own code, and in the last test by a real connector against the SLURM testbed."""
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+import signal
+import time
 from typing import Any
 
 import pytest
 
+from connector import record
 from hpc_cli.jobs import (
     JobRow,
     format_json,
     format_table,
     human_age,
+    last_record,
     offloaded_container,
-    parse_log,
     parse_termination,
     row_for,
     rows_for,
@@ -23,6 +28,13 @@ from hpc_cli.jobs import (
 
 NOW = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
 T = "2024-05-01T11:00:00Z hpc-connector INFO "
+
+
+def rec(**values: Any) -> str:
+    """A record line exactly as the connector writes it (connector.record.write), no newline."""
+    sink = io.BytesIO()
+    record.write(sink, **values)
+    return sink.getvalue().decode().rstrip("\n")
 
 
 def pod(name: str = "train-abc", namespace: str = "research", state: dict[str, Any] | None = None,
@@ -52,27 +64,37 @@ class Logs:
         return self.head if head else self.tail
 
 
-def test_parse_log_submitted_then_states() -> None:
+def test_last_record_is_the_newest_of_the_connectors_records() -> None:
     text = "\n".join([
         T + "submitted HPC job 4711 (slurm-ssh, 0.52s) in /scratch/x/hpco-uid",
-        T + "HPC job 4711 pending (Priority), position 3 in queue, estimated start 2024-05-01T13:00",
-        "job output: HPC job 9999 running on fake",  # job output is not the connector's
-        T + "HPC job 4711 running on node17",
+        rec(job="4711", state="SUBMITTED"),
+        rec(job="4711", state="PENDING", reason="Priority", position=3, start="2024-05-01T13:00"),
+        "job output: HPC job 9999 running on fake",  # human words are not records
+        rec(job="4711", state="RUNNING", node="node17"),
         "more output",
     ])
-    assert parse_log(text) == ("4711", "RUNNING")
-    assert parse_log(T + "submitted HPC job 12") == ("12", "SUBMITTED")
-    assert parse_log(T + "HPC job 12 pending") == ("12", "PENDING")
+    found = last_record(text)
+    assert found is not None and (found["job"], found["state"], found["node"]) == ("4711", "RUNNING", "node17")
+    assert found["v"] == record.VERSION and "time" in found
 
 
-def test_parse_log_reattach_cancel_and_nothing() -> None:
-    assert parse_log(T + "reattaching to HPC job 77 (state file)") == ("77", "SUBMITTED")
-    assert parse_log(T + "reattaching to HPC job 77 (found by name hpco-x)") == ("77", "SUBMITTED")
-    text = T + "HPC job 5 running\n" + T + "stopping: cancelling HPC job 5"
-    assert parse_log(text) == ("5", "CANCELLING")
-    assert parse_log(text + "\n" + T + "HPC job 5 ended CANCELLED") == ("5", "CANCELLED")
-    assert parse_log("") == (None, None)
-    assert parse_log("hello\nsubmitted HPC job 3\n") == (None, None)
+def test_records_behind_kubectl_timestamps_and_noise() -> None:
+    # `kubectl logs --timestamps` and the CRI log format put a time before the line
+    line = "2024-05-01T11:00:01.123456789Z " + rec(job="12", state="PENDING", reason="Resources", position=1)
+    assert last_record("noise\n" + line + "\n")["position"] == 1  # type: ignore[index]
+    assert last_record("") is None
+    assert last_record(T + "submitted HPC job 3\nHPC job 3 running") is None  # old log lines: no record
+    assert last_record(record.PREFIX + "{not json") is None
+    newer = record.PREFIX + json.dumps({"v": record.VERSION + 1, "job": "1", "state": "RUNNING"})
+    assert last_record(newer) is None  # a newer major version is not guessed at
+    assert last_record(rec(job="1", state="RUNNING") + "\n" + newer)["state"] == "RUNNING"  # type: ignore[index]
+
+
+def test_record_fields_are_declared() -> None:
+    with pytest.raises(ValueError, match="unknown record field"):
+        record.line(job="1", state="RUNNING", colour="red")
+    body = json.loads(rec(job="7", state="PENDING", position=2, reason=None).removeprefix(record.PREFIX))
+    assert set(body) == {"v", "job", "state", "position", "time"}  # None fields left out
 
 
 def test_parse_termination() -> None:
@@ -103,23 +125,37 @@ def test_terminated_before_submission_shows_reason() -> None:
     assert (row.job_id, row.state, row.exit_code) == (None, "HostKeyRefused", 77)
 
 
-def test_terminated_without_message_falls_back_to_log() -> None:
-    logs = Logs(tail=T + "submitted HPC job 8\n" + T + "HPC job 8 running")
+def test_terminated_without_message_falls_back_to_the_record() -> None:
+    logs = Logs(tail=rec(job="8", state="SUBMITTED") + "\n" + rec(job="8", state="RUNNING"))
     row = row_for(pod(state={"terminated": {"exitCode": 137, "reason": "OOMKilled",
                                             "message": "last log lines"}}, phase="Failed"),
                   logs, NOW)
     assert row.job_id == "8" and row.state == "unknown (connector OOMKilled 137)"
-    assert row.source == "log"
+    assert row.source == "record"
+
+
+def test_pending_row_shows_reason_and_queue_position() -> None:
+    logs = Logs(tail=rec(job="31", state="SUBMITTED") + "\n"
+                + rec(job="31", state="PENDING", reason="Priority", position=4))
+    row = row_for(pod(), logs, NOW)
+    assert (row.job_id, row.state, row.reason, row.position, row.source) == ("31", "PENDING", "Priority", 4, "record")
+    table = format_table([row]).splitlines()
+    assert table[0].split()[3:7] == ["HPC-JOB", "HPC-STATE", "REASON", "QUEUE"]
+    assert table[1].split()[3:7] == ["31", "PENDING", "Priority", "4"]
+    running = row_for(pod(), Logs(tail=rec(job="31", state="RUNNING", node="n1", position=4)), NOW)
+    assert (running.state, running.position) == ("RUNNING", None)  # a position only while queued
 
 
 def test_running_row_reads_tail_then_head() -> None:
-    logs = Logs(tail="output\n" * 200, head=T + "submitted HPC job 31 (slurm-ssh, 1s)\n")
+    logs = Logs(tail="output\n" * 200, head=T + "submitted HPC job 31\n" + rec(job="31", state="RUNNING") + "\n")
     row = row_for(pod(), logs, NOW)
-    assert (row.job_id, row.state, row.source) == ("31", "SUBMITTED", "log")
+    assert (row.job_id, row.state, row.source) == ("31", "RUNNING", "record")
     assert logs.calls == [("research", "train-abc", "train", False),
                           ("research", "train-abc", "train", True)]
-    logs = Logs(tail=T + "HPC job 31 running on n1\n")
+    logs = Logs(tail=rec(job="31", state="RUNNING", node="n1") + "\n")
     assert row_for(pod(), logs, NOW).state == "RUNNING" and len(logs.calls) == 1
+    nothing = row_for(pod(), Logs(tail="starting\n", head="starting\n"), NOW)
+    assert (nothing.job_id, nothing.state, nothing.source) == (None, None, None)
 
 
 def test_log_error_does_not_break_listing() -> None:
@@ -154,7 +190,7 @@ def test_offloaded_container_choice() -> None:
 def test_rows_only_offloaded_sorted() -> None:
     pods = [pod("b"), pod("a", namespace="zeta"), pod("plain", injected=False),
             pod("a"), {"metadata": {"name": "bare"}}]
-    rows = rows_for(pods, Logs(tail=T + "HPC job 1 running"), NOW)
+    rows = rows_for(pods, Logs(tail=rec(job="1", state="RUNNING")), NOW)
     assert [(r.namespace, r.pod) for r in rows] == [
         ("research", "a"), ("research", "b"), ("zeta", "a")]
     assert all(r.profile == "mysite" and r.age == "5m" for r in rows)
@@ -184,17 +220,18 @@ def test_format_table_and_json() -> None:
     rows = [JobRow("research", "train-abc", "mysite", "4711", "RUNNING", "Running", "5m"),
             JobRow("lab", "p", "site-with-long-name", None, None, "Pending", "10s")]
     table = format_table(rows).splitlines()
-    assert table[0].split() == ["NAMESPACE", "POD", "PROFILE", "HPC-JOB", "HPC-STATE",
-                                "PHASE", "AGE"]
-    assert table[1].split() == ["research", "train-abc", "mysite", "4711", "RUNNING",
+    assert table[0].split() == ["NAMESPACE", "POD", "PROFILE", "HPC-JOB", "HPC-STATE", "REASON",
+                                "QUEUE", "PHASE", "AGE"]
+    assert table[1].split() == ["research", "train-abc", "mysite", "4711", "RUNNING", "-", "-",
                                 "Running", "5m"]
-    assert table[2].split() == ["lab", "p", "site-with-long-name", "-", "-", "Pending", "10s"]
+    assert table[2].split() == ["lab", "p", "site-with-long-name", "-", "-", "-", "-", "Pending", "10s"]
     assert table[0].index("POD") == table[1].index("train-abc")  # aligned columns
     assert all(line == line.rstrip() for line in table)
     data = json.loads(format_json(rows))
     assert data[0] == {"namespace": "research", "pod": "train-abc", "profile": "mysite",
                        "jobId": "4711", "state": "RUNNING", "phase": "Running", "age": "5m",
-                       "container": None, "exitCode": None, "reason": None, "source": None}
+                       "container": None, "exitCode": None, "reason": None, "position": None,
+                       "source": None}
     assert json.loads(format_json([])) == []
 
 
@@ -218,7 +255,7 @@ def test_item5_tenant_strings_are_printed_with_control_characters_escaped() -> N
         "exitCode": 1, "message": json.dumps({"jobId": f"42{esc}", "state": "FAILED\r\nfake",
                                               "exitCode": 1, "reason": "x\u202eevil"})}})
     running = pod(name="run-1")
-    logs = Logs(T + "submitted HPC job 7\x1b[31m\x9b2J (x)\n")
+    logs = Logs(rec(job="7\x1b[31m\x9b2J", state="SUBMITTED") + "\n")
     rows = rows_for([hostile, running], logs, NOW, parallel=1)
     table = format_table(rows)
     assert "\x1b" not in table and "\x07" not in table and "\r" not in table
@@ -227,3 +264,37 @@ def test_item5_tenant_strings_are_printed_with_control_characters_escaped() -> N
     assert "FAILED\\x0d\\x0afake" in table and "7\\x1b[31m\\x9b2J" in table
     assert len(table.splitlines()) == 3  # a tenant cannot add lines either
     assert all(ch == "\n" or ch.isprintable() for ch in format_json(rows))
+
+
+@pytest.mark.slurm
+def test_rows_from_a_real_connectors_log(profiles, run_connector) -> None:
+    """The records a real `hpc-connector run` writes against the testbed's SLURM give the row:
+    a held job is PENDING with SLURM's reason, a running one RUNNING even when its output has
+    pushed the records out of the tail, a cancelled one CANCELLED."""
+
+    def as_kubectl_logs(run) -> Logs:  # both streams, as the pod log holds them
+        text = run.log + run.stdout
+        return Logs(tail="\n".join(text.splitlines()[-200:]), head=text[:16384])
+
+    held = run_connector({"command": ["bash", "-c", "sleep 300"], "runtime": "none",
+                          "resources": {"extra_args": ["--begin=now+3600"]}}, profiles["slurm-local"])
+    held.wait_for_stderr('"state": "PENDING"')
+    row = row_for(pod(), as_kubectl_logs(held), NOW)
+    assert (row.job_id, row.state, row.reason, row.source) == (held.job_id, "PENDING", "BeginTime", "record"), held.log
+    held.proc.send_signal(signal.SIGTERM)
+    held.wait(timeout=60)
+    assert last_record(held.log)["state"] == "CANCELLED", held.log  # type: ignore[index]
+
+    run = run_connector({"command": ["bash", "-c", "seq 300; sleep 300"], "runtime": "none"},
+                        profiles["slurm-local"])
+    run.wait_for_stderr('"state": "RUNNING"')
+    deadline = time.monotonic() + 60
+    while len(run.stdout.splitlines()) < 300 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    logs = as_kubectl_logs(run)
+    assert last_record(logs.tail) is None  # the output has pushed the records out of the tail
+    row = row_for(pod(), logs, NOW)
+    assert (row.job_id, row.state, row.source) == (run.job_id, "RUNNING", "record"), run.log
+    assert [call[3] for call in logs.calls] == [False, True]  # tail, then head
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 143
