@@ -100,7 +100,7 @@ class Marks:
             m = re.fullmatch(r"(\s*)(- )?([^:]+: )?(zz[br]\d+zz)", line)
             if m and m[4] in self.raw:
                 pad = m[1] + ("  " if m[2] and m[3] else "")
-                text = re.sub(r"@(\d+)@", lambda n, pad=pad: str(len(pad) + int(n[1])), self.raw[m[4]])  # nindent @N@
+                text = _shift(self.raw[m[4]], len(pad))
                 out += [pad + raw_line if raw_line else "" for raw_line in text.splitlines()]
                 continue
             if m and m[4] in self.block:
@@ -114,6 +114,11 @@ class Marks:
         for token, expression in self.inline.items():
             rendered = rendered.replace(token, f"{{{{ {expression} }}}}")
         return rendered
+
+
+def _shift(text: str, width: int) -> str:
+    """`@N@` (an nindent argument in raw template text) -> width + N."""
+    return re.sub(r"@(\d+)@", lambda n: str(width + int(n[1])), text)
 
 
 # --- rendering the base -------------------------------------------------------------------------
