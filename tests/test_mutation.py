@@ -295,9 +295,13 @@ def test_connector_container_follows_the_contract() -> None:
     config = WebhookConfig(connector_image="reg/c:2", image_pull_policy="Always",
                            run_as_user=500, run_as_group=501)
     c = mutate(p, "d", config, None)["spec"]["containers"][0]
-    for key in ("args", "workingDir", "stdin", "tty", "stdinOnce", "livenessProbe",
-                "readinessProbe", "startupProbe"):
+    for key in ("args", "workingDir", "stdin", "tty", "stdinOnce", "livenessProbe", "startupProbe"):
         assert key not in c
+    # the pod's own probe is gone; ours says whether the HPC job runs (issue 14 item 2)
+    assert c["readinessProbe"]["tcpSocket"] == {"port": 8471}
+    assert c["command"][-2:] == ["--ready-port", "8471"]
+    no_probe = mutate(p, "d", WebhookConfig(ready_port=0), None)["spec"]["containers"][0]
+    assert "readinessProbe" not in no_probe and "--ready-port" not in no_probe["command"]
     assert c["image"] == "reg/c:2" and c["imagePullPolicy"] == "Always"
     assert c["command"][:5] == ["/opt/hpc-offload/bin/python3", "-I", "-m", "connector.cli",
                                 "run"]

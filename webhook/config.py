@@ -62,6 +62,9 @@ class WebhookConfig:
     relay_ca_file: str | None = None  # read once at start into relay_ca (load_config)
     relay_ca: str | None = None  # PEM of the CA that signed the relay's certificate
     relay_token_seconds: int = 3600
+    # The connector listens on this port only while its HPC job runs; a TCP readiness probe on
+    # it makes `kubectl get pods` show 0/1 while queued and 1/1 while running (0: no probe).
+    ready_port: int = 8471
 
     def __post_init__(self) -> None:
         if not self.connector_image or any(c.isspace() for c in self.connector_image):
@@ -69,6 +72,8 @@ class WebhookConfig:
         if not _ABSOLUTE_PATH.fullmatch(self.connector_python):
             raise ConfigError(f"connector_python: {self.connector_python!r} must be an absolute "
                               "path without spaces (the connector image's python3)")
+        if self.ready_port != 0 and not 1024 <= self.ready_port <= 65535:
+            raise ConfigError(f"ready_port: {self.ready_port} must be 1024-65535 (a non-root port), or 0")
         if self.image_pull_policy not in PULL_POLICIES:
             raise ConfigError(
                 f"image_pull_policy: {self.image_pull_policy!r} is not one of "
@@ -151,7 +156,8 @@ class WebhookConfig:
                     raise ConfigError(f"{ENV_PREFIX}CONNECTOR_RESOURCES: not JSON: {exc}") from None
             elif f.name == "gpu_resource_names":
                 changes[f.name] = tuple(p.strip() for p in raw.split(",") if p.strip())
-            elif f.name in ("min_grace_seconds", "fs_group", "run_as_user", "run_as_group", "relay_token_seconds"):
+            elif f.name in ("min_grace_seconds", "fs_group", "run_as_user", "run_as_group", "relay_token_seconds",
+                            "ready_port"):
                 try:
                     changes[f.name] = int(raw)
                 except ValueError:

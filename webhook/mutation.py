@@ -141,7 +141,8 @@ def connector_command(config: WebhookConfig) -> list[str]:
     """The image's own interpreter by absolute path, in isolated mode (-I: no PYTHON*
     variables, no user site, no current directory on sys.path): the pod's env is data the
     connector forwards, so neither a pod PATH nor a pod PYTHONPATH may act on it."""
-    return [config.connector_python, "-I", *CONNECTOR_ARGS]
+    ready = ["--ready-port", str(config.ready_port)] if config.ready_port else []
+    return [config.connector_python, "-I", *CONNECTOR_ARGS, *ready]
 
 
 def job_spec_json(job: JobSpec) -> str:
@@ -453,6 +454,9 @@ def _make_connector(original: dict[str, Any], config: WebhookConfig) -> dict[str
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+    if config.ready_port:  # Ready = the HPC job runs (connector/readiness.py)
+        container["readinessProbe"] = {"tcpSocket": {"port": config.ready_port}, "periodSeconds": 5,
+                                       "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 1}
     container["lifecycle"] = {"preStop": {"exec": {"command": list(PRE_STOP)}}}
     container["terminationMessagePath"] = "/dev/termination-log"
     container["terminationMessagePolicy"] = "FallbackToLogsOnError"
