@@ -60,6 +60,17 @@ class JobPaths:
         end from a cheap file check instead of asking slurmctld every second."""
         return f"{self.job_dir}/exit-status"
 
+    @property
+    def heartbeat(self) -> str:
+        """Refreshed while someone follows the job (the connector, or the relay); it holds the
+        seconds after which the job's dead man's switch ends it (`payload_lines`)."""
+        return f"{self.job_dir}/heartbeat"
+
+    @property
+    def orphaned(self) -> str:
+        """Left by the dead man's switch when it ended the payload."""
+        return f"{self.job_dir}/orphaned"
+
 
 def hpc_image(spec: JobSpec, profile_image: str | None = None) -> str:
     """The image as the runtime names it: annotation, else profile, else the pod's image."""
@@ -228,12 +239,47 @@ def payload_lines(
     if runtime == "none" and spec.working_dir:
         lines.append(f"cd -- {shlex.quote(_directory(spec.working_dir))} || exit 1")
     lines += [
-        shell_join([*launcher, *runtime_command(spec, env_names, profile_image)]),
+        shell_join([*launcher, *runtime_command(spec, env_names, profile_image)]) + " &",
+        "hpco_pid=$!",
+        *dead_mans_switch(paths),
+        'wait "$hpco_pid"',
         "status=$?",
+        '[ -n "$hpco_watch" ] && kill "$hpco_watch" 2>/dev/null',
+        f"if [ -e {shlex.quote(paths.orphaned)} ]; then status={ORPHANED_EXIT}; fi",
         f"printf '%s\\n' \"$status\" > {shlex.quote(paths.exit_status)}",
         'exit "$status"',
     ]
     return lines
+
+
+ORPHANED_EXIT = 208  # docs/exit-codes.md: the job's dead man's switch ended it
+
+
+def dead_mans_switch(paths: JobPaths) -> list[str]:
+    """Lines that end the payload (job exit 208) when nobody followed the job for the seconds
+    written in its heartbeat file: the connector (direct mode) or the relay refreshes the file
+    while its pod exists, so a job cannot outlive its pod for long, even if every cancel was
+    lost. No heartbeat file (a backend that writes none): no switch. Checked at most every
+    minute, with two processes a check (`stat`, `sleep`) on the job's own node."""
+    beat, orphaned = shlex.quote(paths.heartbeat), shlex.quote(paths.orphaned)
+    return [
+        f"# Dead man's switch: ends the payload (exit {ORPHANED_EXIT}) once the heartbeat file is stale.",
+        "hpco_watch=",
+        f"if [ -f {beat} ]; then (",
+        "  trap 'kill \"$nap\" 2>/dev/null; exit 0' TERM",
+        f"  limit=$(tr -cd 0-9 < {beat}); limit=${{limit:-600}}",
+        '  every=$(( limit / 4 )); [ "$every" -gt 60 ] && every=60; [ "$every" -gt 0 ] || every=1',
+        '  while kill -0 "$hpco_pid" 2>/dev/null; do',
+        "    printf -v now '%(%s)T' -1",
+        f'    age=$(( now - $(stat -c %Y -- {beat} 2>/dev/null || echo "$now") ))',
+        '    if [ "$age" -gt "$limit" ]; then',
+        '      echo "hpc-offload: nobody followed this job for ${age}s (its pod is gone): ending it" >&2',
+        f'      : > {orphaned}; kill -TERM "$hpco_pid"; sleep 10; kill -KILL "$hpco_pid" 2>/dev/null; exit 0',
+        "    fi",
+        '    sleep "$every" & nap=$!; wait "$nap"',
+        "  done",
+        ") & hpco_watch=$!; fi",
+    ]
 
 
 def render_batch_script(directives: Iterable[str], body: Iterable[str]) -> str:

@@ -367,8 +367,10 @@ async def cancel(request: web.Request) -> web.Response:
 async def release(request: web.Request) -> web.Response:
     session = _session(request)
     job = _job(request, session)
-    with contextlib.suppress(ConnectorError):
-        await session.call(asyncio.get_running_loop(), lambda: session.backend.cleanup(job.handle))
+    body = await _body(request) if request.can_read_body else {}
+    if body.get("cleanup", True):  # False: the job moved to another session, it goes on
+        with contextlib.suppress(ConnectorError):
+            await session.call(asyncio.get_running_loop(), lambda: session.backend.cleanup(job.handle))
     session.release(job)
     return web.json_response({})
 

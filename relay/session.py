@@ -28,14 +28,12 @@ from typing import Any, TypeVar
 from connector.backends.base import Backend, Capability, JobHandle, JobStatus, Progress
 from connector.backends.shell import ShellBackend
 from connector.errors import ConnectorError, InternalError, TransientError
+from connector.render import JobPaths
 from relay import reader
 from relay.auth import Identity
 
 log = logging.getLogger("hpc-offload.relay")
 T = TypeVar("T")
-
-HEARTBEAT = "heartbeat"  # the file in a job directory the job's dead man's switch watches
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -204,13 +202,15 @@ class Session:
         self._wake.set()
 
     def release(self, job: RelayJob) -> None:
+        """The connector is done with the job (it ended, or it moved to another session)."""
         with self.lock:
             job.released = True
             if job.waiter is not None:
                 job.waiter.future.set(None)
                 job.waiter = None
-            if job.ended or job.status is None:
-                self.jobs.pop(job.handle.job_id, None)
+            self.jobs.pop(job.handle.job_id, None)
+            for tag in [tag for tag, handle in self.submitted.items() if handle.job_id == job.handle.job_id]:
+                del self.submitted[tag]
 
     def snapshot(self, job: RelayJob) -> dict[str, Any]:
         with self.lock:
@@ -371,7 +371,7 @@ class Session:
                     reads.append((job.handle.exit_status, 0, 64))
             touches = []
             if self._batch_reader and now >= self._next_heartbeat:
-                touches = [f"{job.handle.job_dir}/{HEARTBEAT}" for job in jobs if not job.ended]
+                touches = [JobPaths(job.handle.job_dir).heartbeat for job in jobs if not job.ended]
                 periods = [job.period for job in jobs] or [self.settings.period]
                 self._next_heartbeat = now + min(min(periods), self.orphan_timeout / 4)
         if not reads and not touches:

@@ -15,6 +15,7 @@ relay (docs/relay.md), so a pod holds no SSH client and no connection to the HPC
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ MODES = ("required", "preferred", "off")
 RETRY_RELAY = 30.0  # seconds on the direct path before the relay is tried again
 CLAIMS = "relay-claims.json"
 FRESH = 1.0  # a status the last long poll brought is used for this long without asking
+PROFILE_CHECK = 10.0  # seconds between checks that the mounted profile did not change
 
 
 class RelayUnavailable(TransientError):
@@ -215,6 +217,8 @@ class RelayBackend(Backend):
         self.capabilities = inner.capabilities & ~Capability.FILES  # type: ignore[misc]
         self.period = period
         self._sid: str | None = None
+        self._fingerprint: str | None = None  # of the profile the session was opened with
+        self._checked = time.monotonic()
         self._workdir: str | None = None
         self._handles: dict[str, JobHandle] = {}
         self._status: dict[str, tuple[JobStatus, float, int]] = {}  # status, when, version
@@ -228,19 +232,25 @@ class RelayBackend(Backend):
 
     # --- session and registration -----------------------------------------------------------
 
-    def _open(self) -> str:
+    def _files(self) -> dict[str, bytes]:
         directory = self.profile.secret_dir
         if directory is None:
             raise ProfileError("the relay needs a profile directory (a mounted profile)")
-        from relay.protocol import b64, profile_files
+        from relay.protocol import profile_files
 
         try:
-            files = profile_files(directory)
+            return profile_files(directory)
         except (OSError, ValueError) as exc:
             raise ProfileError(f"profile {directory}: {exc}") from None
+
+    def _open(self) -> str:
+        from relay.protocol import b64, fingerprint
+
+        files = self._files()
         answer = self.client.post("/v1/session", {"name": self.profile.name,
                                                   "files": {k: b64(v) for k, v in files.items()}})
         self._sid = str(answer["session"])
+        self._fingerprint = fingerprint(files)
         log.info("following HPC jobs through the relay (%s:%d, session %s)", self.client.host,
                  self.client.port, self._sid[:8])
         return self._sid
@@ -306,6 +316,31 @@ class RelayBackend(Backend):
             tmp.write_text(json.dumps(self._claims))
             os.replace(tmp, self._claims_path)
 
+    def _follow_profile(self) -> None:
+        """A rotated Secret (the kubelet updates the mounted files): the job moves to a session
+        opened with the new profile, so a revoked old key cannot strand it."""
+        now = time.monotonic()
+        if self._sid is None or now - self._checked < PROFILE_CHECK:
+            return
+        self._checked = now
+        from relay.protocol import fingerprint
+
+        try:
+            changed = fingerprint(self._files()) != self._fingerprint
+        except ProfileError:
+            return  # mid-update: the next check sees the whole new profile
+        if not changed:
+            return
+        old = self._sid
+        self._sid = None
+        for job_id in list(self._handles):
+            self._attach(job_id)  # opens the new session first
+            # the old session forgets the job (it would otherwise cancel it as an orphan)
+            with contextlib.suppress(_NoSession, _NoJob, ConnectorError):
+                self.client.post(f"/v1/session/{old}/job/{job_id}/release", {"cleanup": False}, 30.0)
+        log.info("the profile changed (a rotated Secret?): reconnected to the HPC side through a new "
+                 "relay session with it")
+
     def adopt(self, handle: JobHandle) -> None:
         """A job this connector followed before (its state file): registered on first use."""
         self._handles.setdefault(handle.job_id, handle)
@@ -341,6 +376,7 @@ class RelayBackend(Backend):
         return {job_id: self.status(job_id) for job_id in job_ids}
 
     def status(self, job_id: str) -> JobStatus:
+        self._follow_profile()
         cached = self._status.get(job_id)
         if cached is not None and time.monotonic() - cached[1] < FRESH and job_id not in self._cancelling:
             if self._fault:
@@ -380,6 +416,7 @@ class RelayBackend(Backend):
         self._watch_signals()
         if self._interrupted.is_set():
             return Progress()
+        self._follow_profile()
         cached = self._status.get(handle.job_id)
         body = {"stdout_offset": stdout_offset, "stderr_offset": stderr_offset, "marker": marker,
                 "version": cached[2] if cached else 0}

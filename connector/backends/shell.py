@@ -7,12 +7,16 @@ commands and its directives.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Sequence
 from typing import ClassVar
 
 from connector.backends.base import Backend, Capability, FileStore, JobHandle, Progress
-from connector.errors import BackendError, ProfileError, TransientError
+from connector.errors import BackendError, ConnectorError, ProfileError, SpecError, TransientError
+from connector.render import JobPaths
 from connector.transport.base import READ_LIMIT, CommandResult, Transport
+
+DEFAULT_ORPHAN_TIMEOUT = 600  # seconds: profile `orphan_timeout` (0: no dead man's switch)
 
 
 class ShellBackend(Backend):
@@ -24,6 +28,7 @@ class ShellBackend(Backend):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._transport: Transport | None = None
+        self._beaten = float("-inf")  # the last heartbeat refresh: the first progress refreshes it
 
     @property
     def transport(self) -> Transport:
@@ -45,12 +50,38 @@ class ShellBackend(Backend):
             return configured.rstrip("/")
         return f"{self.transport.home().rstrip('/')}/{configured.strip('/')}"
 
+    def orphan_timeout(self) -> int:
+        """Seconds nobody may follow a job before its dead man's switch ends it (0: never)."""
+        from connector.spec import parse_duration
+
+        value = self.profile.setting("orphan_timeout", DEFAULT_ORPHAN_TIMEOUT)
+        try:
+            return int(parse_duration(value, "orphan_timeout"))
+        except SpecError as exc:
+            raise ProfileError(f"profile {self.profile.name!r}: {exc.message}") from None
+
     def prepare_job_dir(self, job_dir: str, *stale: str) -> None:
-        """The job directory (0700), and no file left in it by an earlier run (end marker)."""
-        argv = ["sh", "-c", 'd=$1; shift; mkdir -p -m 700 -- "$d" && rm -f -- "$@"', "sh", job_dir, *stale]
+        """The job directory (0700), no file left in it by an earlier run (end marker), and
+        a fresh heartbeat file holding the orphan timeout (the job's dead man's switch)."""
+        script = ('d=$1; t=$2; shift 2; mkdir -p -m 700 -- "$d" && rm -f -- "$@" '
+                  '&& { [ "$t" = 0 ] || printf "%s\\n" "$t" > "$d/heartbeat"; }')
+        argv = ["sh", "-c", script, "sh", job_dir, str(self.orphan_timeout()), *stale, JobPaths(job_dir).orphaned]
         result = self.transport.run(argv)
         if not result.ok:
             raise TransientError(f"cannot prepare {job_dir}: {result.describe(argv)}")
+        self._beaten = time.monotonic()
+
+    def heartbeat(self, handle: JobHandle) -> None:
+        """Tell the job's dead man's switch someone follows it: at most every quarter of the
+        orphan timeout (one `touch` of the file; nothing where no switch was armed)."""
+        timeout = self.orphan_timeout()
+        if timeout <= 0 or time.monotonic() - self._beaten < timeout / 4:
+            return
+        self._beaten = time.monotonic()
+        try:
+            self.transport.run(["touch", "-c", "--", JobPaths(handle.job_dir).heartbeat], timeout=30)
+        except ConnectorError:
+            self._beaten -= timeout / 8  # sooner again; the reads say what is wrong
 
     def progress(self, handle: JobHandle, stdout_offset: int | None, stderr_offset: int | None,
                  marker: bool) -> Progress:
@@ -61,6 +92,7 @@ class ShellBackend(Backend):
             reads.append((handle.stderr, stderr_offset, READ_LIMIT))
         if marker:
             reads.append((handle.exit_status, 0, 64))
+        self.heartbeat(handle)
         results = iter(self.transport.read_files(reads) if reads else [])
         out = (next(results) or b"") if stdout_offset is not None else b""
         err = (next(results) or b"") if stderr_offset is not None and handle.stderr else b""

@@ -1,7 +1,27 @@
 #!/bin/bash
 # Rendered by hpc-offload for research/train-x7k2p; runtime: podman.
 # Environment values reach this job from the scheduler, never from this file.
-podman run --rm --network=host --env MODE --env TOKEN --workdir=/srv '--entrypoint=["python3"]' docker.io/library/python:3.11 -m http.server 8000
+podman run --rm --network=host --env MODE --env TOKEN --workdir=/srv '--entrypoint=["python3"]' docker.io/library/python:3.11 -m http.server 8000 &
+hpco_pid=$!
+# Dead man's switch: ends the payload (exit 208) once the heartbeat file is stale.
+hpco_watch=
+if [ -f /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/heartbeat ]; then (
+  trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+  limit=$(tr -cd 0-9 < /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/heartbeat); limit=${limit:-600}
+  every=$(( limit / 4 )); [ "$every" -gt 60 ] && every=60; [ "$every" -gt 0 ] || every=1
+  while kill -0 "$hpco_pid" 2>/dev/null; do
+    printf -v now '%(%s)T' -1
+    age=$(( now - $(stat -c %Y -- /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/heartbeat 2>/dev/null || echo "$now") ))
+    if [ "$age" -gt "$limit" ]; then
+      echo "hpc-offload: nobody followed this job for ${age}s (its pod is gone): ending it" >&2
+      : > /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/orphaned; kill -TERM "$hpco_pid"; sleep 10; kill -KILL "$hpco_pid" 2>/dev/null; exit 0
+    fi
+    sleep "$every" & nap=$!; wait "$nap"
+  done
+) & hpco_watch=$!; fi
+wait "$hpco_pid"
 status=$?
+[ -n "$hpco_watch" ] && kill "$hpco_watch" 2>/dev/null
+if [ -e /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/orphaned ]; then status=208; fi
 printf '%s\n' "$status" > /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/exit-status
 exit "$status"
