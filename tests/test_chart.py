@@ -23,6 +23,7 @@ from hpc_cli.chart import CHART_DIR, MANIFESTS, REPO, differences, find_kubectl,
 DEV_VALUES = REPO / "charts" / "hpc-offload-dev.values.yaml"
 HELM_ONLY_LABELS = ("app.kubernetes.io/instance", "app.kubernetes.io/managed-by")
 HASHED = re.compile(r"^(hpc-offload-config)-[0-9a-z]{10}$")  # kustomize's / the chart's content hash
+HASHED_JOB = re.compile(r"^(hpc-offload-certs)-[0-9a-f]{8}$")  # the chart's Job: a changed one is a new Job
 
 Key = tuple[str, str, str]
 
@@ -63,22 +64,22 @@ def _replace(value: Any, old: str, new: str) -> Any:
 
 def normalise(objects: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
     """Objects by (kind, namespace, name), with what legitimately differs made equal: Helm's
-    release labels and hook annotations, the content hash in a generated ConfigMap's name (and
-    its references), and YAML files in ConfigMaps compared parsed (key order, quoting)."""
+    release labels, the content hash in a generated ConfigMap's name (and its references) and
+    in the chart's Job's name, and YAML files in ConfigMaps compared parsed (key order, quoting)."""
     out: dict[Key, dict[str, Any]] = {}
     objects = copy.deepcopy(objects)
     for obj in objects:
         match = HASHED.match(obj["metadata"]["name"]) if obj["kind"] == "ConfigMap" else None
         if match:
             objects = [_replace(o, obj["metadata"]["name"], match[1] + "-HASH") for o in objects]
+
     for obj in objects:
         meta = obj["metadata"]
+        match = HASHED_JOB.match(meta["name"]) if obj["kind"] == "Job" else None
+        if match:
+            meta["name"] = match[1]
         for label in HELM_ONLY_LABELS:
             (meta.get("labels") or {}).pop(label, None)
-        annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith("helm.sh/hook")}
-        meta.pop("annotations", None)
-        if annotations:
-            meta["annotations"] = annotations
         if obj["kind"] == "ConfigMap":
             obj["data"] = {k: yaml.safe_load(v) if k.endswith(".yaml") and k != "policy.yaml" else v
                            for k, v in (obj.get("data") or {}).items()}
@@ -150,7 +151,11 @@ def test_another_release_in_another_namespace_shares_no_name_or_namespace(helm: 
     job = by_kind["Job"][0]
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--webhook-config=lab-offload" in args and "--namespace=lab-system" in args
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    assert HASHED_JOB.match(job["metadata"]["name"])
+    again = next(o for o in helm_template(helm, release="lab-offload", namespace="lab-system") if o["kind"] == "Job")
+    assert again["metadata"]["name"] == job["metadata"]["name"]  # stable while nothing changes
+    moved = helm_template(helm, "--set", "image.tag=9.9", release="lab-offload", namespace="lab-system")
+    assert next(o for o in moved if o["kind"] == "Job")["metadata"]["name"] != job["metadata"]["name"]
     config = yaml.safe_load(next(o for o in by_kind["ConfigMap"] if "config.yaml" in o["data"])["data"]["config.yaml"])
     assert config["relay_url"] == "https://hpc-offload-relay.lab-system.svc:443"
 
