@@ -181,6 +181,10 @@ def install(
             "namespace": namespace,
             "labels": {"app.kubernetes.io/managed-by": "hpc-offload"},
         }
+        owner = (mwc.get("metadata") or {}).get("uid")
+        if owner:  # removing the webhook configuration (kubectl delete -k, helm uninstall) removes its Secret
+            metadata["ownerReferences"] = [{"apiVersion": "admissionregistration.k8s.io/v1", "uid": owner,
+                                            "kind": "MutatingWebhookConfiguration", "name": webhook_config}]
         if existing is not None:  # optimistic concurrency: fail rather than clobber a race
             metadata["resourceVersion"] = existing["metadata"].get("resourceVersion")
             metadata["labels"] = {**(existing["metadata"].get("labels") or {}),
