@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from . import api, layout
+from . import api
+from . import listen as listen_mod
 from . import profile as profile_mod
 
 log = logging.getLogger("testbed")
@@ -119,12 +120,13 @@ def status(as_json: bool) -> None:
 @click.argument("kind", metavar="TYPE", type=click.Choice(profile_mod.TYPES))
 @click.option("--name", default="testbed", show_default=True,
               help="Name of the ConfigMap and Secret (the value of hpc.offload/backend).")
-@click.option("--host", default=layout.DEFAULT_ADDRESS, show_default=True,
-              help="Address the profile points at; must be one the testbed listens on.")
+@click.option("--host", default=None,
+              help="Address the profile points at; must be one the testbed listens on "
+                   "[default: the local cluster's bridge 10.88.0.1 when it exists, else 127.0.0.1].")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               help="Write the keys as files here (secrets 0600), as the connector sees "
                    "them in a pod, instead of printing YAML.")
-def profile(kind: str, name: str, host: str, directory: Path | None) -> None:
+def profile(kind: str, name: str, host: str | None, directory: Path | None) -> None:
     """Print a backend profile for the testbed: a ConfigMap and a Secret (YAML).
 
     \b
@@ -137,6 +139,9 @@ def profile(kind: str, name: str, host: str, directory: Path | None) -> None:
     The Secret's values are credentials: they only go to stdout (or 0600 files).
     Apply with: hpc-offload testbed profile slurm-ssh | kubectl apply -n NS -f -
     """
+    if host is None:
+        host, why = listen_mod.default_host()
+        click.echo(f"testbed: profile host {host} ({why}; --host to choose another)", err=True)
     try:
         profile_mod.check_ready(kind, host)
         if directory is not None:

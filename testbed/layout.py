@@ -38,6 +38,9 @@ SLURMDBD_PORT = 6819
 PARTITION = "debug"
 REST_API_VERSION = "v0.0.38"
 DEFAULT_ADDRESS = "127.0.0.1"
+# The bridge the local cluster creates (e2e/cluster/config.py BRIDGE_GATEWAY): its pods reach
+# this machine there, so the testbed listens on it and profiles point at it when it exists.
+CLUSTER_BRIDGE = "10.88.0.1"
 
 # Grid Engine keeps Debian's places, so the /usr/bin client wrappers work with no environment
 SGE_ROOT = Path("/var/lib/gridengine")

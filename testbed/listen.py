@@ -1,7 +1,7 @@
 """Which addresses sshd and slurmrestd listen on.
 
-127.0.0.1 always; more are added with `up --listen ADDR` (e.g. 10.88.0.1, the bridge the
-e2e cluster creates so pods can reach the testbed). Added addresses are remembered, so a
+127.0.0.1 always, the local cluster's bridge (10.88.0.1) whenever it exists, and more with
+`up --listen ADDR`. Added addresses are remembered, so a
 later plain `up` (a test fixture) does not take them away from the cluster; one that is no
 longer on any interface (the bridge was removed) is dropped with a log line.
 """
@@ -44,6 +44,14 @@ def _valid(address: str) -> str:
     return str(ip)
 
 
+def default_host() -> tuple[str, str]:
+    """The address a profile should name, and why: the local cluster's bridge when it exists
+    (pods cannot reach 127.0.0.1 of this machine: that is the pod itself), else loopback."""
+    if is_local(layout.CLUSTER_BRIDGE):
+        return layout.CLUSTER_BRIDGE, "the local cluster's bridge, where its pods reach this machine"
+    return layout.DEFAULT_ADDRESS, "loopback: no local cluster bridge here, so only for connectors on this machine"
+
+
 def remembered() -> list[str]:
     try:
         data = json.loads(layout.LISTEN_FILE.read_text())
@@ -68,6 +76,8 @@ def resolve(extra: Iterable[str], forget: bool = False) -> tuple[str, ...]:
             else:
                 log.info("listen: %s is gone from this machine; no longer serving it", a)
     out += [a for a in new if a not in out]
+    if layout.CLUSTER_BRIDGE not in out and is_local(layout.CLUSTER_BRIDGE):
+        out.append(layout.CLUSTER_BRIDGE)  # the local cluster is up: its pods come from there
     layout.STATE_DIR.mkdir(parents=True, exist_ok=True)
     if remembered() != out:
         layout.LISTEN_FILE.write_text(json.dumps(out) + "\n")
