@@ -67,6 +67,11 @@ class JobPaths:
         return f"{self.job_dir}/heartbeat"
 
     @property
+    def heartbeat_seen(self) -> str:
+        """Rewritten by the dead man's switch at each check: the heartbeat is fresh when newer."""
+        return f"{self.job_dir}/heartbeat.seen"
+
+    @property
     def orphaned(self) -> str:
         """Left by the dead man's switch when it ended the payload."""
         return f"{self.job_dir}/orphaned"
@@ -259,24 +264,28 @@ def dead_mans_switch(paths: JobPaths) -> list[str]:
     """Lines that end the payload (job exit 208) when nobody followed the job for the seconds
     written in its heartbeat file: the connector (direct mode) or the relay refreshes the file
     while its pod exists, so a job cannot outlive its pod for long, even if every cancel was
-    lost. No heartbeat file (a backend that writes none): no switch. Checked at most every
-    minute, with two processes a check (`stat`, `sleep`) on the job's own node."""
-    beat, orphaned = shlex.quote(paths.heartbeat), shlex.quote(paths.orphaned)
+    lost. No heartbeat file (a backend that writes none): no switch. Three processes when the
+    job starts, none after: the check (at most every minute) is bash builtins only — `read -t`
+    on a pipe nobody writes to as the clock, `-nt` against a file it rewrites as the memory."""
+    beat, seen, orphaned = (shlex.quote(p) for p in (paths.heartbeat, paths.heartbeat_seen, paths.orphaned))
     return [
         f"# Dead man's switch: ends the payload (exit {ORPHANED_EXIT}) once the heartbeat file is stale.",
         "hpco_watch=",
         f"if [ -f {beat} ]; then (",
-        "  trap 'kill \"$nap\" 2>/dev/null; exit 0' TERM",
-        f"  limit=$(tr -cd 0-9 < {beat}); limit=${{limit:-600}}",
-        '  every=$(( limit / 4 )); [ "$every" -gt 60 ] && every=60; [ "$every" -gt 0 ] || every=1',
+        "  trap 'exit 0' TERM",
+        f'  read -r limit < {beat}; [[ "$limit" =~ ^[0-9]+$ ]] || limit=600',
+        "  every=$(( limit / 4 )); (( every > 60 )) && every=60; (( every > 0 )) || every=1",
+        "  printf -v now '%(%s)T' -1",
+        f'  quiet=$(( now - $(stat -c %Y -- {beat} 2>/dev/null || echo "$now") ))',
+        f"  exec 9<> <(:); : > {seen}",
         '  while kill -0 "$hpco_pid" 2>/dev/null; do',
-        "    printf -v now '%(%s)T' -1",
-        f'    age=$(( now - $(stat -c %Y -- {beat} 2>/dev/null || echo "$now") ))',
-        '    if [ "$age" -gt "$limit" ]; then',
-        '      echo "hpc-offload: nobody followed this job for ${age}s (its pod is gone): ending it" >&2',
-        f'      : > {orphaned}; kill -TERM "$hpco_pid"; sleep 10; kill -KILL "$hpco_pid" 2>/dev/null; exit 0',
+        '    if (( quiet > limit )); then',
+        '      echo "hpc-offload: nobody followed this job for ${quiet}s (its pod is gone): ending it" >&2',
+        f'      : > {orphaned}; kill -TERM "$hpco_pid"; read -r -t 10 -u 9; kill -KILL "$hpco_pid" 2>/dev/null; exit 0',
         "    fi",
-        '    sleep "$every" & nap=$!; wait "$nap"',
+        '    read -r -t "$every" -u 9',
+        f"    if [[ {beat} -nt {seen} ]]; then quiet=0; else quiet=$(( quiet + every )); fi",
+        f"    : > {seen}",
         "  done",
         ") & hpco_watch=$!; fi",
     ]

@@ -371,7 +371,10 @@ class Session:
                     reads.append((job.handle.exit_status, 0, 64))
             touches = []
             if self._batch_reader and now >= self._next_heartbeat:
-                touches = [JobPaths(job.handle.job_dir).heartbeat for job in jobs if not job.ended]
+                # only jobs a connector still follows: a vanished pod's job is left to its switch
+                # should the relay's own orphan cancel not get through
+                touches = [JobPaths(job.handle.job_dir).heartbeat for job in jobs
+                           if not job.ended and now - job.last_seen < self.orphan_timeout]
                 periods = [job.period for job in jobs] or [self.settings.period]
                 self._next_heartbeat = now + min(min(periods), self.orphan_timeout / 4)
         if not reads and not touches:

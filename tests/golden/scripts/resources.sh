@@ -17,17 +17,20 @@ hpco_pid=$!
 # Dead man's switch: ends the payload (exit 208) once the heartbeat file is stale.
 hpco_watch=
 if [ -f /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/heartbeat ]; then (
-  trap 'kill "$nap" 2>/dev/null; exit 0' TERM
-  limit=$(tr -cd 0-9 < /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/heartbeat); limit=${limit:-600}
-  every=$(( limit / 4 )); [ "$every" -gt 60 ] && every=60; [ "$every" -gt 0 ] || every=1
+  trap 'exit 0' TERM
+  read -r limit < /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/heartbeat; [[ "$limit" =~ ^[0-9]+$ ]] || limit=600
+  every=$(( limit / 4 )); (( every > 60 )) && every=60; (( every > 0 )) || every=1
+  printf -v now '%(%s)T' -1
+  quiet=$(( now - $(stat -c %Y -- /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/heartbeat 2>/dev/null || echo "$now") ))
+  exec 9<> <(:); : > /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/heartbeat.seen
   while kill -0 "$hpco_pid" 2>/dev/null; do
-    printf -v now '%(%s)T' -1
-    age=$(( now - $(stat -c %Y -- /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/heartbeat 2>/dev/null || echo "$now") ))
-    if [ "$age" -gt "$limit" ]; then
-      echo "hpc-offload: nobody followed this job for ${age}s (its pod is gone): ending it" >&2
-      : > /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/orphaned; kill -TERM "$hpco_pid"; sleep 10; kill -KILL "$hpco_pid" 2>/dev/null; exit 0
+    if (( quiet > limit )); then
+      echo "hpc-offload: nobody followed this job for ${quiet}s (its pod is gone): ending it" >&2
+      : > /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/orphaned; kill -TERM "$hpco_pid"; read -r -t 10 -u 9; kill -KILL "$hpco_pid" 2>/dev/null; exit 0
     fi
-    sleep "$every" & nap=$!; wait "$nap"
+    read -r -t "$every" -u 9
+    if [[ /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/heartbeat -nt /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/heartbeat.seen ]]; then quiet=0; else quiet=$(( quiet + every )); fi
+    : > /home/alice/hpc-offload/hpco-0f1e2d3c-aaaa-bbbb-cccc-000000000001/heartbeat.seen
   done
 ) & hpco_watch=$!; fi
 wait "$hpco_pid"
