@@ -415,7 +415,7 @@ def _static_files(out: Path, values: dict[str, Any], marks: Marks, version: str)
         "Chart.yaml": yaml.safe_dump({
             "apiVersion": "v2", "name": "hpc-offload", "version": version, "appVersion": version, "type": "application",
             "description": "Run existing Kubernetes Pods and Jobs on an HPC cluster (SLURM) by adding one annotation",
-            "home": "https://github.com/hpc-offload/hpc-offload", "kubeVersion": ">=1.30.0-0",
+            "kubeVersion": ">=1.30.0-0",
         }, sort_keys=False),
         "values.yaml": VALUES_HEAD + marks.render(_values_text(values)),
         ".helmignore": "*.orig\n*.rej\n*~\n.git/\n",
