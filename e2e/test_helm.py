@@ -116,7 +116,6 @@ def test_helm_install_runs_a_job_and_uninstall_leaves_nothing(
         wait("the release's caBundle", lambda: kubectl(
             "get", "mutatingwebhookconfiguration", RELEASE, "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}",
         ).stdout.strip(), timeout=120)
-        manifest = [doc for doc in yaml.safe_load_all(helm("get", "manifest", RELEASE, "-n", NAMESPACE).stdout) if doc]
 
         # the job holds until the test has seen it RUNNING in `kubectl hpc jobs` and opened a shell in it
         flag = f"/tmp/hpco-e2e-helm-{uuid.uuid4().hex}"
@@ -145,6 +144,16 @@ def test_helm_install_runs_a_job_and_uninstall_leaves_nothing(
         assert "hello from helm" in log
         message = json.loads(pod.status.container_statuses[0].state.terminated.message)
         assert message["state"] == "COMPLETED" and message["exitCode"] == 0
+
+        # an upgrade that changes the certificate Job's template makes a new Job (a Job's template
+        # is immutable: patching the old one would fail) and rolls the webhook (its config changed)
+        jobs_before = _names(kubectl, "jobs", "-n", NAMESPACE)
+        helm("upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--reuse-values", "--set", "image.pullPolicy=Never",
+             "--wait", "--timeout", "10m")
+        jobs_after = _names(kubectl, "jobs", "-n", NAMESPACE)
+        assert jobs_after and not jobs_after & jobs_before, (jobs_before, jobs_after)
+        kubectl("-n", NAMESPACE, "rollout", "status", "deployment/hpc-offload-webhook", "--timeout=300s")
+        manifest = [doc for doc in yaml.safe_load_all(helm("get", "manifest", RELEASE, "-n", NAMESPACE).stdout) if doc]
     except BaseException:
         _clean(helm, kubectl)
         raise
