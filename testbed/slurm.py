@@ -40,7 +40,22 @@ def real_memory_mb() -> int:
     return 2048
 
 
+OVERSUBSCRIBE_ENV = "HPC_OFFLOAD_TESTBED_OVERSUBSCRIBE"  # "CPUSxJOBS", e.g. 64x16 (bench/scale.py)
+
+
+def oversubscribed() -> tuple[int, int] | None:
+    """(CPUs, jobs per CPU) when a benchmark asks for many concurrent jobs on this small node:
+    the node claims that many CPUs (config_overrides), each shared by that many jobs, with
+    little memory per CPU (the jobs sleep). None (the default): the real 2 CPUs."""
+    match = re.fullmatch(r"(\d+)x(\d+)", os.environ.get(OVERSUBSCRIBE_ENV, ""))
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def render_conf() -> str:
+    many = oversubscribed()
+    cpus, mem_per_cpu = (many[0], 16) if many else (2, 500)
+    node_extra = "\nSlurmdParameters=config_overrides" if many else ""
+    share = f" OverSubscribe=FORCE:{many[1]}" if many else ""
     return f"""\
 # Written by `hpc-offload testbed up`; rewritten on each run (edits here are lost).
 ClusterName=testbed
@@ -74,14 +89,14 @@ JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
 MinJobAge=3600
-DefMemPerCPU=500
+DefMemPerCPU={mem_per_cpu}
 SchedulerParameters=batch_sched_delay=0
 KillWait=5
 InactiveLimit=0
 MessageTimeout=10
 SlurmdTimeout=300
-NodeName={node_name()} NodeAddr=127.0.0.1 CPUs=2 RealMemory={real_memory_mb()} State=UNKNOWN
-PartitionName={layout.PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+NodeName={node_name()} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={real_memory_mb()} State=UNKNOWN{node_extra}
+PartitionName={layout.PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP{share}
 """
 
 

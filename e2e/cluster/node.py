@@ -158,7 +158,8 @@ def kubelet_config(paths: Paths, p: Pki) -> dict[str, object]:
         "protectKernelDefaults": False,
         "makeIPTablesUtilChains": False,
         "localStorageCapacityIsolation": True,
-        "maxPods": 110,
+        # bench/scale.py runs 100 offloaded pods beside the installation and e2e namespaces
+        "maxPods": 250,
         # Secret and ConfigMap volumes are refreshed at each pod sync: 10 s (default 1 min)
         # lets the e2e suite see a rotated profile Secret reach a running connector quickly
         "syncFrequency": "10s",
