@@ -325,6 +325,8 @@ def _file_name(kind: str, name: str, hashed: dict[str, str]) -> str:
 
 def generate(out: Path, kubectl: str, version: str, manifests: Path = MANIFESTS) -> list[Path]:
     """Write the chart made from `manifests` into `out` (emptied first); returns the files."""
+    if not (manifests / "base" / "kustomization.yaml").exists():
+        raise ChartError(f"no kustomize base at {manifests}: run this from a clone of the repository")
     rendered = {mode: {key(o): o for o in kustomize(kubectl, manifests / path)} for mode, path in OVERLAYS.items()}
     hashed_names = set().union(*(generated_configmaps(manifests / p) for p in OVERLAYS.values()))
     marks = Marks()
