@@ -85,11 +85,17 @@ class Marks:
         return token
 
     def as_block(self, expression: str, suffix: str = "") -> str:
+        for token, known in self.block.items():
+            if known == (expression, suffix):
+                return token
         token = self._token("b")
         self.block[token] = (expression, suffix)
         return token
 
     def as_raw(self, text: str) -> str:
+        for token, known in self.raw.items():
+            if known == text:
+                return token
         token = self._token("r")
         self.raw[token] = text
         return token
@@ -344,9 +350,10 @@ def generate(out: Path, kubectl: str, version: str, manifests: Path = MANIFESTS)
     written: list[Path] = []
     keys = sorted({k for objects in rendered.values() for k in objects})
     for kind, name in keys:
-        variants = {mode: dump(templated(objects[(kind, name)], ctx), marks)
-                    for mode, objects in rendered.items() if (kind, name) in objects}
-        body = _by_mode(variants)
+        objs = {mode: templated(objects[(kind, name)], ctx) for mode, objects in rendered.items()
+                if (kind, name) in objects}
+        merged = _annotations_by_mode(objs, marks)
+        body = dump(merged, marks) if merged is not None else _by_mode({m: dump(o, marks) for m, o in objs.items()})
         if kind == "Namespace":
             body = "{{- if .Values.createNamespace }}\n" + body + "{{- end }}\n"
         path = out / "templates" / _file_name(kind, name, ctx.hashed)
@@ -354,6 +361,25 @@ def generate(out: Path, kubectl: str, version: str, manifests: Path = MANIFESTS)
         written.append(path)
     written += _static_files(out, ctx.values, marks, version)
     return written
+
+
+def _annotations_by_mode(objs: dict[str, dict[str, Any]], marks: Marks) -> dict[str, Any] | None:
+    """One object whose annotations depend on the mode, when that is all that differs (the
+    webhook configuration: cert-manager's inject-ca-from); else None."""
+    import copy
+
+    if len(objs) != len(OVERLAYS):
+        return None
+    bare = {mode: copy.deepcopy(obj) for mode, obj in objs.items()}
+    notes = {mode: obj["metadata"].pop("annotations", None) or {} for mode, obj in bare.items()}
+    first = next(iter(bare.values()))
+    if any(obj != first for obj in bare.values()) or len({yaml.safe_dump(n) for n in notes.values()}) == 1:
+        return None
+    text = "".join(f'{{{{- if eq .Values.certificates "{mode}" }}}}\n'
+                   + yaml.safe_dump({"annotations": note}, sort_keys=False, width=1000) + "{{- end }}\n"
+                   for mode, note in sorted(notes.items()) if note)
+    first["metadata"][marks.as_raw(text)] = None
+    return first
 
 
 def _by_mode(variants: dict[str, str]) -> str:

@@ -239,3 +239,10 @@ def test_the_generator_picks_up_a_new_object_of_the_base(helm: str, kubectl: str
     extra = next(o for o in other if o["metadata"]["name"] == "hpc-offload-extra-thing")
     assert extra["spec"]["replicas"] == 1 and extra["metadata"]["namespace"] == "elsewhere"
     assert extra["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "--namespace=elsewhere"
+
+
+def test_helm_lint_passes(helm: str) -> None:
+    for args in ([], ["--set", "certificates=cert-manager"], ["-f", str(DEV_VALUES)]):
+        proc = subprocess.run([helm, "lint", "--strict", str(CHART_DIR), *args], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
