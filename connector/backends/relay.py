@@ -16,6 +16,7 @@ relay (docs/relay.md), so a pod holds no SSH client and no connection to the HPC
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -205,6 +206,25 @@ class _Poller:
             done.set()
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _guarded(method: F) -> F:
+    """A malformed answer or a bug ends as RelayUnavailable (retried, or the direct path),
+    never as a traceback in the pod log."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except ConnectorError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported as the relay's fault
+            raise RelayUnavailable(f"relay: unexpected {type(exc).__name__}: {str(exc)[:200]}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
 class RelayBackend(Backend):
     """The profile's backend, reached through the relay."""
 
@@ -347,6 +367,7 @@ class RelayBackend(Backend):
 
     # --- the contract -----------------------------------------------------------------------
 
+    @_guarded
     def workdir(self) -> str:
         configured = str(self.profile.setting("workdir", "hpc-offload"))
         if configured.startswith("/"):
@@ -358,11 +379,13 @@ class RelayBackend(Backend):
     def render(self, request: JobRequest) -> str:
         return self.inner(self.profile, self.runtime_dir).render(request)
 
+    @_guarded
     def find(self, request: JobRequest) -> JobHandle | None:
         from relay.protocol import request_to_wire
 
         return self._registered(self._post("/find", {"request": request_to_wire(request), "period": self.period}))
 
+    @_guarded
     def submit(self, request: JobRequest) -> JobHandle:
         from relay.protocol import request_to_wire
 
@@ -375,6 +398,7 @@ class RelayBackend(Backend):
     def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         return {job_id: self.status(job_id) for job_id in job_ids}
 
+    @_guarded
     def status(self, job_id: str) -> JobStatus:
         self._follow_profile()
         cached = self._status.get(job_id)
@@ -403,11 +427,13 @@ class RelayBackend(Backend):
         self._status[job_id] = (status, time.monotonic(), version)
         return status
 
+    @_guarded
     def cancel_many(self, job_ids: Sequence[str]) -> None:
         for job_id in job_ids:
             self._post("/cancel", {}, timeout=30.0, job_id=job_id)
             self._cancelling.add(job_id)
 
+    @_guarded
     def progress(self, handle: JobHandle, stdout_offset: int | None, stderr_offset: int | None,
                  marker: bool) -> Progress:
         from relay.protocol import progress_from_wire
@@ -427,6 +453,7 @@ class RelayBackend(Backend):
         self._take(handle.job_id, answer)
         return progress_from_wire(answer.get("progress") or {})
 
+    @_guarded
     def read_output(self, handle: JobHandle, stream: str, offset: int, limit: int = READ_LIMIT) -> bytes:
         self.adopt(handle)
         answer = self._post("/read", {"stream": stream, "offset": offset, "limit": limit}, job_id=handle.job_id)
@@ -435,6 +462,7 @@ class RelayBackend(Backend):
     def files(self) -> FileStore:
         raise BackendError("staging goes through the direct path, not the relay")
 
+    @_guarded
     def cleanup(self, handle: JobHandle) -> None:
         self.adopt(handle)
         self._post("/release", {}, timeout=60.0, job_id=handle.job_id)
@@ -598,6 +626,13 @@ def choose_backend(profile: Profile, runtime_dir: str | None, spec: JobSpec,
         log.info("stage-in/stage-out: following the job directly (the relay does not copy files)")
         return direct()
     if profile.secret_dir is None:
+        return direct()
+    try:
+        import relay.protocol as _wire  # noqa: F401 - the wire format ships in the same image
+    except ImportError:
+        if mode == "required":
+            raise ProfileError("relay: required, but this connector image has no relay client") from None
+        log.warning("this connector image has no relay client: following the job directly")
         return direct()
     client = RelayClient(url, env.get(CA_ENV) or None, env.get(CA_FILE_ENV) or None,
                          env.get(TOKEN_FILE_ENV) or TOKEN_FILE)
