@@ -94,6 +94,7 @@ def job(name: str, command: list[str]) -> str:
                      "containers": [{"name": "main", "image": "python:3.11-slim", "command": command}]}}}})
 
 
+@pytest.mark.timeout(1800)  # install, a job, an upgrade and an uninstall on a loaded 2-core machine
 def test_helm_install_runs_a_job_and_uninstall_leaves_nothing(
     helm: Helm, kubectl: Kubectl, hpc_ns: str, core: client.CoreV1Api, cluster: ClusterInfo, project_image: str
 ) -> None:
