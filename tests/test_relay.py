@@ -253,3 +253,37 @@ def test_an_orphaned_job_is_cancelled_after_the_orphan_timeout(relay, profiles, 
         time.sleep(0.5)
     assert time.monotonic() - killed >= 4  # not before the timeout
     assert f"HPC job {job}" in relay.log and "orphan_timeout" in relay.log
+
+
+def _new_key(directory: Path, name: str) -> tuple[str, str]:
+    import subprocess
+
+    path = directory / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True)
+    return path.read_text(), Path(f"{path}.pub").read_text().strip()
+
+
+def test_a_rotated_secret_moves_the_job_to_a_session_with_the_new_key(relay, required, run_connector, tmp_path):
+    """The old key is revoked and every SSH connection broken while the job runs: the job was
+    moved to a session opened with the new key, and is followed to its end."""
+    from testbed import api as testbed
+
+    old_private, old_public = _new_key(tmp_path, "key-old")
+    new_private, new_public = _new_key(tmp_path, "key-new")
+    testbed.authorize_key(old_public)
+    try:
+        (required / "ssh-privatekey").write_text(old_private)
+        run = start(run_connector, relay, bash("for i in $(seq 1 40); do echo long $i; sleep 1; done"), required)
+        run.wait_for_stderr("running", timeout=240)
+        testbed.authorize_key(new_public)
+        (required / "ssh-privatekey").write_text(new_private)  # as the kubelet updates a mounted Secret
+        run.wait_for_stderr("the profile changed", timeout=60)
+        testbed.revoke_key(old_public)
+        testbed.break_ssh()  # only the new key works now
+        assert run.wait(240) == 0, (run.log, relay.log[-3000:])
+        assert [t for t in run.stdout.splitlines() if t.startswith("long")] == [f"long {i}" for i in range(1, 41)]
+        assert "reconnected to " in run.log
+        assert _slurm_jobs_tagged(f"hpco-{run.uid}") == [run.job_id]
+    finally:
+        testbed.revoke_key(old_public)
+        testbed.revoke_key(new_public)

@@ -124,14 +124,14 @@ class RelayClient:
         for attempt in (1, 2):  # a kept-alive connection the relay closed: once more, fresh
             self.requests += 1
             conn = self._connection(timeout)
+            reused = conn.sock is not None
             try:
                 conn.request("POST", self.prefix + path, data, headers)
                 response = conn.getresponse()
                 raw = response.read()
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
-                fresh = isinstance(exc, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError)
-                if attempt == 1 and fresh:
+                if attempt == 1 and reused and not isinstance(exc, TimeoutError):
                     continue
                 raise RelayUnavailable(f"relay {self.host}:{self.port} unreachable: "
                                        f"{exc.__class__.__name__}: {exc}") from None
@@ -238,6 +238,7 @@ class RelayBackend(Backend):
         self.period = period
         self._sid: str | None = None
         self._fingerprint: str | None = None  # of the profile the session was opened with
+        self._leaving: set[str] = set()  # sessions of an older profile still holding our job
         self._checked = time.monotonic()
         self._workdir: str | None = None
         self._handles: dict[str, JobHandle] = {}
@@ -338,28 +339,29 @@ class RelayBackend(Backend):
 
     def _follow_profile(self) -> None:
         """A rotated Secret (the kubelet updates the mounted files): the job moves to a session
-        opened with the new profile, so a revoked old key cannot strand it."""
+        opened with the new profile, so a revoked old key cannot strand it. The old session
+        is told to forget the job (else it would cancel it as an orphan); until it is, the
+        move is retried at each call."""
         now = time.monotonic()
-        if self._sid is None or now - self._checked < PROFILE_CHECK:
-            return
-        self._checked = now
-        from relay.protocol import fingerprint
+        if self._sid is not None and now - self._checked >= PROFILE_CHECK:
+            self._checked = now
+            from relay.protocol import fingerprint
 
-        try:
-            changed = fingerprint(self._files()) != self._fingerprint
-        except ProfileError:
-            return  # mid-update: the next check sees the whole new profile
-        if not changed:
-            return
-        old = self._sid
-        self._sid = None
-        for job_id in list(self._handles):
-            self._attach(job_id)  # opens the new session first
-            # the old session forgets the job (it would otherwise cancel it as an orphan)
-            with contextlib.suppress(_NoSession, _NoJob, ConnectorError):
-                self.client.post(f"/v1/session/{old}/job/{job_id}/release", {"cleanup": False}, 30.0)
-        log.info("the profile changed (a rotated Secret?): reconnected to the HPC side through a new "
-                 "relay session with it")
+            try:
+                changed = fingerprint(self._files()) != self._fingerprint
+            except ProfileError:
+                changed = False  # mid-update: the next check sees the whole new profile
+            if changed:
+                log.info("the profile changed (a rotated Secret?): reconnected to the HPC side through a "
+                         "new relay session with it")
+                self._leaving.add(self._sid)
+                self._sid = None
+        for old in list(self._leaving):
+            for job_id in list(self._handles):
+                self._attach(job_id)  # on the new session (opened first)
+                with contextlib.suppress(_NoSession, _NoJob):
+                    self.client.post(f"/v1/session/{old}/job/{job_id}/release", {"cleanup": False}, 30.0)
+            self._leaving.discard(old)
 
     def adopt(self, handle: JobHandle) -> None:
         """A job this connector followed before (its state file): registered on first use."""
