@@ -31,7 +31,7 @@ from connector.paper import DEFAULT_CREDENTIALS, backend_configuration, expand, 
 from connector.profile import Profile, load_profile_dir, profile_from_values
 from connector.readiness import ReadyPort
 from connector.shell_cli import shell
-from connector.spec import DEFAULT_POLL_INTERVAL, JobSpec, PodRef, parse_duration
+from connector.spec import DEFAULT_POLL_INTERVAL, VOLUMES_DIR, JobSpec, PodRef, parse_duration
 from connector.state import StateStore
 
 log = logging.getLogger("hpc-connector")
@@ -58,12 +58,19 @@ def _fail(exc: ConnectorError, termination_log: str | None) -> None:
 
 
 def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
-                   termination_log: str | None, ready_port: int | None = None) -> int:
+                   termination_log: str | None, ready_port: int | None = None,
+                   part: str | None = None, leader: bool = False, volumes_dir: str = VOLUMES_DIR) -> int:
     environ = click.get_current_context().obj["environ"]  # the container's, not ours
     spec = with_profile_defaults(spec, profile)
     spec.check_runnable()
     if spec.logs == "job-only":  # the container's output is the job's alone: errors only
         log.setLevel(logging.ERROR)
+    shared_dir = state_dir
+    if spec.whole_pod != bool(part):
+        raise SpecError("--part: a whole pod's connector names its container with --part, and only it"
+                        if spec.whole_pod else "--part: this job spec is not a whole pod's")
+    if part and state_dir:  # one state per container; the pod's shared directory above them
+        state_dir = str(Path(state_dir) / f"part-{spec.part(part).name}")
     if state_dir:
         try:
             Path(state_dir).mkdir(parents=True, exist_ok=True)
@@ -80,9 +87,17 @@ def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
                                         "submit_timeout")
     except SpecError as exc:
         raise ProfileError(exc.message) from None
-    connector = Connector(spec, backend, StateStore(state_dir), Timing.for_period(period, tail, submit_timeout),
-                          sys.stdout.buffer, termination_log, environ=environ, err=sys.stderr.buffer,
-                          ready=ReadyPort(ready_port))
+    timing = Timing.for_period(period, tail, submit_timeout)
+    if part:
+        from connector.pod_job import PartConnector
+
+        connector: Connector = PartConnector(
+            spec, backend, StateStore(state_dir), timing, sys.stdout.buffer, termination_log,
+            environ=environ, err=sys.stderr.buffer, ready=ReadyPort(ready_port), part=part, leader=leader,
+            shared_dir=shared_dir, volumes_dir=volumes_dir)
+    else:
+        connector = Connector(spec, backend, StateStore(state_dir), timing, sys.stdout.buffer, termination_log,
+                              environ=environ, err=sys.stderr.buffer, ready=ReadyPort(ready_port))
     connector.install_signal_handlers()
     return connector.run()
 
@@ -118,8 +133,16 @@ def cli(ctx: click.Context, backend: str | None, backend_conf: str | None, log_l
               help="Where the JSON end report goes [default: /dev/termination-log].")
 @click.option("--ready-port", type=click.IntRange(1024, 65535), default=None,
               help="Listen on this TCP port while the HPC job runs (the pod's readiness probe).")
+@click.option("--part", default=None, metavar="CONTAINER",
+              help="A whole pod (container \"*\"): the container whose part of the job this follows.")
+@click.option("--leader", is_flag=True,
+              help="A whole pod: this container submits the job (the others find it by its tag).")
+@click.option("--volumes-dir", default=VOLUMES_DIR, show_default=True, type=click.Path(file_okay=False),
+              help="A whole pod's leader: where the kubelet mounted the pod's ConfigMap, Secret, "
+                   "downwardAPI and projected volumes (one directory per volume).")
 def run(spec_file: str, profile_dir: str, state_dir: str | None, pod_info: str | None,
-        termination_log: str | None, ready_port: int | None) -> None:
+        termination_log: str | None, ready_port: int | None, part: str | None, leader: bool,
+        volumes_dir: str) -> None:
     """Submit (or reattach to) the HPC job, follow it, mirror its end as the exit code."""
     termination_log = termination_log or termination_path()
     try:
@@ -137,7 +160,7 @@ def run(spec_file: str, profile_dir: str, state_dir: str | None, pod_info: str |
         if info and not spec.pod.uid:
             spec = _with_pod(spec, info)
         profile = load_profile_dir(profile_dir)
-        code = _run_connector(spec, profile, state_dir, termination_log, ready_port)
+        code = _run_connector(spec, profile, state_dir, termination_log, ready_port, part, leader, volumes_dir)
     except ConnectorError as exc:
         _fail(exc, termination_log)
     sys.exit(code)

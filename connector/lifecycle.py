@@ -24,7 +24,7 @@ from typing import BinaryIO, TypeVar
 
 from connector import outcome as outcomes
 from connector import record as records
-from connector.backends.base import Backend, Capability, JobRequest, JobState, JobStatus
+from connector.backends.base import Backend, Capability, JobHandle, JobRequest, JobState, JobStatus
 from connector.errors import AuthError, ConnectorError, SpecError, TransientError, UnreachableError
 from connector.readiness import ReadyPort
 from connector.spec import DEFAULT_POLL_INTERVAL, JobSpec
@@ -230,6 +230,7 @@ class Connector:
         if self.spec.pod.uid:
             found = self.backend.find(request)
             if found is not None:
+                found = self._handle(found, request)
                 log.info("reattaching to HPC job %s (found by its tag %s)", found.job_id, request.tag)
                 record = JobRecord.of(found, self.backend.type_name, run)
                 self.state.save(record)
@@ -249,13 +250,17 @@ class Connector:
             files = self.backend.files()
             files.mkdir(request.job_dir, 0o700)
             stage_in(files, self.spec.stage_in, request.job_dir)
-        handle = self.backend.submit(request)
+        handle = self._handle(self.backend.submit(request), request)
         record = JobRecord.of(handle, self.backend.type_name, request.run)
         self.state.save(record)
         records.write(self.records, job=handle.job_id, state="SUBMITTED")
         log.info("submitted HPC job %s (%s, %.2fs) in %s", handle.job_id, self.backend.type_name,
                  time.monotonic() - started, handle.job_dir)
         return record
+
+    def _handle(self, handle: JobHandle, request: JobRequest) -> JobHandle:
+        """The handle this connector follows: the job's, or (a whole pod) its part's."""
+        return handle.for_part(request.part)
 
     # --- following --------------------------------------------------------------------------
 
@@ -288,14 +293,22 @@ class Connector:
                     self.polls += 1
                     self._report(last_status, status)
                     last_status = status
-                    if status.state.ended:
-                        return self._finish(status)
-                    if payload_exit is not None and status.payload_ended:
-                        return self._finish(_completed(status, payload_exit))
+                    end = self._end(status, payload_exit)
+                    if end is not None:
+                        return self._finish(end)
             if printed and last_status is not None and last_status.state is JobState.PENDING:
                 last_query = 0.0  # output while we thought it pending: it runs; ask now
             wait = self.timing.fast if now < imminent_until else self.timing.tick
             self._sleep(wait if ticking else self.timing.period)
+
+    def _end(self, status: JobStatus, payload_exit: int | None) -> JobStatus | None:
+        """How the job ended, once it did: the manager's word, or the end marker while the
+        manager only cleans up. None while it goes on."""
+        if status.state.ended:
+            return status
+        if payload_exit is not None and status.payload_ended:
+            return _completed(status, payload_exit)
+        return None
 
     def _resolve_lost(self, status: JobStatus) -> JobStatus:
         """A job the manager no longer knows (aged out during a long outage): its end marker,

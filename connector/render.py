@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from connector.errors import SpecError
-from connector.spec import JobSpec
+from connector.spec import JobSpec, check_part_name
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@%,:=~-]+$")
 
@@ -70,6 +70,22 @@ class JobPaths:
     def heartbeat_seen(self) -> str:
         """Rewritten by the dead man's switch at each check: the heartbeat is fresh when newer."""
         return f"{self.job_dir}/heartbeat.seen"
+
+    def part_output(self, part: str) -> str:
+        """A whole pod's container: its stdout (its own `kubectl logs -c`)."""
+        return f"{self.job_dir}/part-{check_part_name(part)}.out"
+
+    def part_error(self, part: str) -> str:
+        return f"{self.job_dir}/part-{check_part_name(part)}.err"
+
+    def part_exit(self, part: str) -> str:
+        """Written by a whole-pod script when that container's command ends: its exit status."""
+        return f"{self.job_dir}/part-{check_part_name(part)}.exit"
+
+    @property
+    def volumes(self) -> str:
+        """A whole pod's volumes: emptyDirs made by the job, files uploaded by the leader."""
+        return f"{self.job_dir}/volumes"
 
     @property
     def orphaned(self) -> str:
@@ -164,9 +180,15 @@ def _directory(path: str) -> str:
     return path if path.startswith("/") else f"./{path}"
 
 
-def runtime_command(spec: JobSpec, env_names: Iterable[str], profile_image: str | None = None) -> list[Arg]:
+Bind = tuple[str, str, bool]  # (host path, container path, read-only): a whole pod's volume
+
+
+def runtime_command(spec: JobSpec, env_names: Iterable[str], profile_image: str | None = None,
+                    binds: Sequence[Bind] = ()) -> list[Arg]:
     """The argv that runs the container's command under the chosen runtime (`$(VAR)` in the
-    command and args refers to the job's variables `env_names`; join it with `shell_join`)."""
+    command and args refers to the job's variables `env_names`; join it with `shell_join`).
+    `binds` mount a whole pod's volumes, each runtime with its own flag (none for `none`;
+    Charliecloud's `-b` has no read-only form)."""
     runtime = spec.effective_runtime()
     image = hpc_image(spec, profile_image)
     names = sorted(set(env_names))
@@ -178,11 +200,12 @@ def runtime_command(spec: JobSpec, env_names: Iterable[str], profile_image: str 
         argv: list[Arg] = [runtime, "exec" if command else "run"]
         if gpus:
             argv.append("--nv")  # the host's NVIDIA driver libraries and devices, inside
+        argv += [f"--bind={src}:{dst}{':ro' if ro else ''}" for src, dst, ro in binds]
         if workdir:
             argv.append(f"--pwd={workdir}")
         return [*argv, image, *command, *args]
     if runtime == "charliecloud":
-        argv = ["ch-run"]
+        argv = ["ch-run", *(f"--bind={src}:{dst}" for src, dst, _ in binds)]
         if workdir:
             argv.append(f"--cd={workdir}")
         return [*argv, image, "--", *command, *args]
@@ -192,6 +215,7 @@ def runtime_command(spec: JobSpec, env_names: Iterable[str], profile_image: str 
             argv.append("--device=nvidia.com/gpu=all")  # CDI: the GPUs the job was given
         for name in names:
             argv += ["--env", name]
+        argv += [f"--volume={src}:{dst}{':ro' if ro else ''}" for src, dst, ro in binds]
         if workdir:
             argv.append(f"--workdir={workdir}")
         if command:
@@ -204,6 +228,9 @@ def runtime_command(spec: JobSpec, env_names: Iterable[str], profile_image: str 
         argv = ["srun", f"--container-image={image}"]
         if names:
             argv.append(f"--container-env={','.join(names)}")
+        if binds:
+            mounts = ",".join(f"{src}:{dst}{':ro' if ro else ''}" for src, dst, ro in binds)
+            argv.append(f"--container-mounts={mounts}")
         if workdir:
             argv.append(f"--container-workdir={workdir}")
         if not command:
@@ -225,7 +252,12 @@ def payload_lines(
 ) -> list[str]:
     """The script body every manager runs: (source and remove the env file,) run the
     container's command in its runtime — once per task through the manager's `launcher`
-    (SLURM: srun) when it asks for several — and leave its exit status beside the output."""
+    (SLURM: srun) when it asks for several — and leave its exit status beside the output.
+    A whole pod (`spec.parts`) gets the whole-pod body (connector/pod_render.py)."""
+    if spec.parts:
+        from connector.pod_render import pod_payload_lines  # it builds on this module
+
+        return pod_payload_lines(spec, paths, env_names, profile_image, env_file)
     spec.check_runnable()
     runtime = spec.effective_runtime()
     who = f"{spec.pod.namespace}/{spec.pod.name}" if spec.pod.name else "a local run"

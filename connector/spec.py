@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from connector.errors import SpecError
@@ -38,6 +38,16 @@ _NAME_VALUE = re.compile(r"[A-Za-z0-9_.,:=@+/-]+")
 _SAFE_VALUE = re.compile(r"[^\s'\"\\]+")
 _OPTION = re.compile(r"--[A-Za-z][A-Za-z0-9-]*")
 _UID = re.compile(r"[A-Za-z0-9-]{1,64}")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# Whole pods (`hpc.offload/container: "*"`, docs/whole-pods.md): every container is a part of
+# one HPC job; volumes the kubelet fills (ConfigMap, Secret, downwardAPI, projected) reach the
+# leader connector at VOLUMES_DIR/<name> and are copied into the job directory.
+WHOLE_POD = "*"
+PART_KINDS = ("init", "sidecar", "app")  # sidecar: an init container with restartPolicy Always
+VOLUME_KINDS = ("emptyDir", "files")
+VOLUMES_DIR = "/var/run/hpc-offload/volumes"
 
 def parse_duration(value: str | float | int, what: str = "poll-interval") -> float:
     """Seconds from `30s`, `5m`, `1h`, `500ms` or a bare number of seconds (the paper's form)."""
@@ -201,6 +211,99 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Mount:
+    """One volumeMount of a whole pod's container: `sub_path` inside the volume, at `path`."""
+
+    volume: str
+    path: str
+    sub_path: str | None = None
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class Part:
+    """One container of a whole pod, as its part of the pod's one HPC job."""
+
+    name: str
+    kind: str = "app"
+    image: str | None = None
+    hpc_image: str | None = None
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env_passthrough: tuple[str, ...] = ()
+    env_from: bool = False
+    working_dir: str | None = None
+    mounts: tuple[Mount, ...] = ()
+
+
+@dataclass(frozen=True)
+class PodVolume:
+    """A volume a whole pod's containers mount: an `emptyDir` (a directory the job makes) or
+    `files` the kubelet filled (ConfigMap, Secret, downwardAPI, projected), copied by the leader."""
+
+    name: str
+    kind: str = "emptyDir"
+
+
+def check_part_name(name: Any, what: str = "part") -> str:
+    """A container name (a DNS label): it names files in the job directory."""
+    if not isinstance(name, str) or not _DNS_LABEL.fullmatch(name):
+        raise SpecError(f"{what}: {name!r} is not a container name (lower-case letters, digits, '-')")
+    return name
+
+
+def _check_pod_layout(parts: Sequence[Part], volumes: Sequence[PodVolume]) -> None:
+    """Names unique, kinds known, every mount on a listed volume, paths a shell and a bind
+    flag can carry."""
+    seen_volumes: set[str] = set()
+    for volume in volumes:
+        check_part_name(volume.name, "volumes")
+        if volume.name in seen_volumes:
+            raise SpecError(f"volumes: {volume.name!r} is listed twice")
+        if volume.kind not in VOLUME_KINDS:
+            raise SpecError(f"volumes: {volume.name!r} has kind {volume.kind!r}, not one of "
+                            f"{', '.join(VOLUME_KINDS)}")
+        seen_volumes.add(volume.name)
+    names: set[str] = set()
+    for part in parts:
+        check_part_name(part.name, "parts")
+        if part.name in names:
+            raise SpecError(f"parts: {part.name!r} is listed twice")
+        names.add(part.name)
+        if part.kind not in PART_KINDS:
+            raise SpecError(f"parts: {part.name!r} has kind {part.kind!r}, not one of {', '.join(PART_KINDS)}")
+        for key in ("image", "hpc_image", "working_dir"):
+            value = getattr(part, key)
+            if value is not None and (not isinstance(value, str) or _CONTROL.search(value)):
+                raise SpecError(f"parts: {part.name!r}: {key} must be one line of text")
+        for mount in part.mounts:
+            where = f"parts: {part.name!r} mount {mount.path!r}"
+            if mount.volume not in seen_volumes:
+                raise SpecError(f"{where}: volume {mount.volume!r} is not in volumes")
+            check_mount_path(mount.path, where)
+            if mount.sub_path is not None:
+                check_sub_path(mount.sub_path, where)
+    if not any(part.kind == "app" for part in parts):
+        raise SpecError("parts: a whole pod needs at least one app container")
+
+
+def check_mount_path(path: Any, what: str) -> str:
+    """An absolute path without `..`, line breaks, or the `:`/`,` that bind flags split on."""
+    if not isinstance(path, str) or not path.startswith("/") or _CONTROL.search(path) \
+            or ".." in path.split("/") or any(c in path for c in ":,"):
+        raise SpecError(f"{what}: the mount path must be absolute, without '..', ':' or ','")
+    return path
+
+
+def check_sub_path(path: Any, what: str) -> str:
+    """A relative path inside a volume (Kubernetes' subPath rules, and no `:`/`,`)."""
+    if not isinstance(path, str) or not path or path.startswith("/") or _CONTROL.search(path) \
+            or ".." in path.split("/") or any(c in path for c in ":,"):
+        raise SpecError(f"{what}: subPath {path!r} must be relative, without '..', ':' or ','")
+    return path
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """Everything the connector needs to run and mirror one HPC job."""
 
@@ -222,6 +325,8 @@ class JobSpec:
     pod: PodRef = field(default_factory=PodRef)
     container: str | None = None
     env_prefix: str | None = None  # the webhook renamed the container's env NAME to PREFIX+NAME
+    parts: tuple[Part, ...] = ()  # a whole pod (container "*"): every container, in pod order
+    volumes: tuple[PodVolume, ...] = ()  # the volumes the parts mount
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
@@ -267,6 +372,53 @@ class JobSpec:
             raise SpecError(f"time_limit: {res.time_limit!r} must be seconds from 0 (unlimited) "
                             f"to {MAX_COUNT}")
         parse_extra_args(list(res.extra_args))
+        if self.parts or self.container == WHOLE_POD:
+            self._validate_whole_pod()
+
+    def _validate_whole_pod(self) -> None:
+        if self.container != WHOLE_POD or not self.parts:
+            raise SpecError(f"parts: a whole pod has container {WHOLE_POD!r} and its parts")
+        if self.script is not None:
+            raise SpecError("script: a whole pod's script is rendered; a verbatim script runs one container")
+        if self.stage_in or self.stage_out:
+            raise SpecError("stage-in/stage-out: not available for a whole pod (its volumes go with it)")
+        if (self.resources.tasks or 1) > 1 or (self.resources.nodes or 1) > 1:
+            raise SpecError("tasks/nodes: a whole pod runs on one node, as a pod does")
+        _check_pod_layout(self.parts, self.volumes)
+
+    # --- whole pods -------------------------------------------------------------------------
+
+    @property
+    def whole_pod(self) -> bool:
+        return bool(self.parts)
+
+    @property
+    def leader(self) -> str:
+        """The part whose connector submits the job: the first init container (the kubelet
+        starts it first; app containers wait for every init container), else the first app."""
+        inits = [p for p in self.parts if p.kind != "app"]
+        return (inits or [p for p in self.parts if p.kind == "app"])[0].name
+
+    def part(self, name: str) -> Part:
+        for part in self.parts:
+            if part.name == name:
+                return part
+        raise SpecError(f"--part: {name!r} is not a container of this pod "
+                        f"({', '.join(p.name for p in self.parts) or 'not a whole pod'})")
+
+    def part_env_prefix(self, name: str) -> str | None:
+        """The prefix of this part's env in the leader's container (PREFIX + index + `_`)."""
+        index = [p.name for p in self.parts].index(self.part(name).name)
+        return f"{self.env_prefix}{index}_" if self.env_prefix else None
+
+    def part_spec(self, name: str) -> JobSpec:
+        """One part as a single container's spec (its image, command, env), sharing the pod's
+        runtime, resources and identity: what the renderer and the policy check read."""
+        part = self.part(name)
+        return replace(self, image=part.image, hpc_image=part.hpc_image or self.hpc_image,
+                       command=part.command, args=part.args, env_passthrough=part.env_passthrough,
+                       env_from=part.env_from, working_dir=part.working_dir, container=part.name,
+                       env_prefix=self.part_env_prefix(name), parts=(), volumes=())
 
     # --- (de)serialisation ------------------------------------------------------------------
 
@@ -313,6 +465,10 @@ class JobSpec:
                 values["poll_interval"] = parse_duration(values["poll_interval"])
             if "runtime" in values:
                 values["runtime"] = str(values["runtime"]).lower()
+            if "parts" in values:
+                values["parts"] = tuple(_part_from_dict(item) for item in _list(values["parts"], "parts"))
+            if "volumes" in values:
+                values["volumes"] = tuple(_volume_from_dict(item) for item in _list(values["volumes"], "volumes"))
             return cls(**values)
         except TypeError as exc:
             raise SpecError(f"malformed job spec: {exc}") from None
@@ -332,6 +488,13 @@ class JobSpec:
         """Checks that need the runtime the profile chose, so they run after merging it."""
         runtime = self.effective_runtime()
         if self.script is not None:
+            return
+        if self.parts:
+            for part in self.parts:
+                try:
+                    self.part_spec(part.name).check_runnable()
+                except SpecError as exc:
+                    raise SpecError(f"container {part.name!r}: {exc.message}") from None
             return
         if runtime != "none" and not (self.hpc_image or self.image):
             raise SpecError("image: required unless runtime is 'none' or a script is given")
@@ -372,6 +535,43 @@ def _plain(value: Any) -> Any:
     else:
         return value
     return {key: item for key, item in items if item not in _EMPTY}
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise SpecError(f"{what}: must be a list")
+    return list(value)
+
+
+def _part_from_dict(value: Any) -> Part:
+    if not isinstance(value, Mapping):
+        raise SpecError("parts: each part must be an object")
+    _reject_unknown(value, Part, "parts: unknown field(s)")
+    data: dict[str, Any] = dict(value)
+    for key in ("command", "args", "env_passthrough"):
+        if key in data:
+            data[key] = tuple(_string_list(data[key], f"parts.{key}"))
+    mounts = []
+    for item in _list(data.get("mounts", ()), "parts.mounts"):
+        if not isinstance(item, Mapping):
+            raise SpecError("parts.mounts: each mount must be an object")
+        _reject_unknown(item, Mount, "parts.mounts: unknown field(s)")
+        mounts.append(Mount(**item))
+    data["mounts"] = tuple(mounts)
+    for name in data.get("env_passthrough", ()):
+        if not _ENV_NAME.fullmatch(name):
+            raise SpecError(f"parts.env_passthrough: {name!r} is not a valid environment variable name")
+    for item in (*data.get("command", ()), *data.get("args", ())):
+        if "\x00" in item:
+            raise SpecError("parts: command/args items must be text without NUL bytes")
+    return Part(**data)
+
+
+def _volume_from_dict(value: Any) -> PodVolume:
+    if not isinstance(value, Mapping):
+        raise SpecError("volumes: each volume must be an object")
+    _reject_unknown(value, PodVolume, "volumes: unknown field(s)")
+    return PodVolume(**value)
 
 
 def _string_list(value: Any, what: str) -> list[str]:

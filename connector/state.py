@@ -23,17 +23,18 @@ class JobRecord:
     stderr: str | None = ""  # where its stderr goes; None: into stdout's file
     run: int = 0  # 0 first; one more for each restart of the container after an end
     ended: bool = False  # the job ended and its end was reported
+    part: str = ""  # a whole pod: the container whose part of the job this connector follows
 
     @classmethod
     def of(cls, handle: JobHandle, backend: str, run: int = 0) -> JobRecord:
         return cls(handle.job_id, handle.job_dir, backend, stdout=handle.stdout, stderr=handle.stderr,
-                   run=run)
+                   run=run, part=handle.part)
 
     @property
     def handle(self) -> JobHandle:
-        rendered = JobHandle.rendered(self.job_id, self.job_dir)
+        rendered = JobHandle.rendered(self.job_id, self.job_dir, self.part)
         return JobHandle(self.job_id, self.job_dir, self.stdout or rendered.stdout,
-                         rendered.stderr if self.stderr == "" else self.stderr)
+                         rendered.stderr if self.stderr == "" else self.stderr, self.part)
 
 
 class StateStore:

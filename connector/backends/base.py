@@ -73,6 +73,7 @@ class Capability(enum.Flag):
     FINAL_OUTPUT = enum.auto()  # the whole output can be read once the job ended
     FILES = enum.auto()  # files can be copied both ways (stage-in / stage-out)
     SHELL = enum.auto()  # a command can run inside a running job's allocation
+    PARTS = enum.auto()  # whole pods: renders the whole-pod script; a handle can follow one part
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class JobRequest:
     job_dir: str
     env: Mapping[str, str] = field(default_factory=dict)
     run: int = 0  # >0: the container restarted after its job ended; this is a new job
+    part: str = ""  # a whole pod: the container whose part this connector follows ("": the job)
 
     @property
     def paths(self) -> JobPaths:
@@ -106,15 +108,29 @@ class JobHandle:
     job_dir: str
     stdout: str
     stderr: str | None = None  # None: stderr goes to stdout's file
+    part: str = ""  # a whole pod's container: its own output files and exit marker
 
     @classmethod
-    def rendered(cls, job_id: str, job_dir: str) -> JobHandle:
+    def rendered(cls, job_id: str, job_dir: str, part: str = "") -> JobHandle:
         paths = JobPaths(job_dir)
+        if part:
+            return cls(job_id, job_dir, paths.part_output(part), paths.part_error(part), part)
         return cls(job_id, job_dir, paths.output, paths.error)
+
+    def for_part(self, part: str) -> JobHandle:
+        """The same job, followed through one part's output and exit marker (a rendered
+        whole-pod script writes them; `part` "" is the job itself)."""
+        return JobHandle.rendered(self.job_id, self.job_dir, part) if part else self
 
     @property
     def exit_status(self) -> str:
-        return JobPaths(self.job_dir).exit_status
+        paths = JobPaths(self.job_dir)
+        return paths.part_exit(self.part) if self.part else paths.exit_status
+
+    @property
+    def key(self) -> str:
+        """What a session keys a followed handle by: the job, or one part of it."""
+        return f"{self.job_id}~{self.part}" if self.part else self.job_id
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,7 @@ class FileStore(Protocol):
     """File access on the HPC side, for staging (capability `FILES`)."""
 
     def upload(self, local_path: str, remote_path: str) -> None: ...
+    def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None: ...
     def download(self, remote_path: str, local_path: str) -> None: ...
     def mkdir(self, path: str, mode: int = 0o700) -> None: ...
     def remove(self, path: str) -> None: ...

@@ -23,7 +23,8 @@ class ShellBackend(Backend):
     """A manager whose commands run in a shell on a login node (or here)."""
 
     access: ClassVar[str] = "ssh"  # "ssh": the profile's login node; "local": this machine
-    capabilities = Capability.STREAM_OUTPUT | Capability.FINAL_OUTPUT | Capability.FILES
+    # PARTS: the shared renderer's whole-pod script, and a part's files read like the job's
+    capabilities = Capability.STREAM_OUTPUT | Capability.FINAL_OUTPUT | Capability.FILES | Capability.PARTS
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
