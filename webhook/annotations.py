@@ -22,6 +22,7 @@ from connector.spec import (
     LOG_MODES,
     MAX_COUNT,
     RUNTIMES,
+    WHOLE_POD,
     StagePair,
     check_name,
     check_positive_int,
@@ -228,8 +229,11 @@ def _backend(name: str, value: str) -> dict[str, Any]:
 
 
 def _container(name: str, value: str) -> dict[str, Any]:
+    if value == WHOLE_POD:  # the whole pod, every container, as one HPC job
+        return {"container": value}
     if len(value) > 63 or not _DNS1123_LABEL.fullmatch(value):
-        raise denied(name, value, "use the name of one of the pod's containers")
+        raise denied(name, value, f'use the name of one of the pod\'s containers, or "{WHOLE_POD}" '
+                     "for the whole pod")
     return {"container": value}
 
 

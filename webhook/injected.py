@@ -56,6 +56,12 @@ def verify_injected(pod: Mapping[str, Any], parsed: Annotations, namespace: str,
     if parsed.backend is None:
         raise _not_ours(f"it has no {BACKEND}")
     job = _job_spec(annotations.get(JOB_SPEC))
+    if job.parts:  # a whole pod: every container is a part's connector
+        from webhook.whole_pod import verify_whole_pod
+
+        verify_whole_pod(pod, job, parsed.backend, namespace, config, policy, _not_ours)
+        check_annotations_size(annotations)
+        return job
     spec = pod.get("spec")
     if not isinstance(spec, dict):
         raise _not_ours("it has no spec")
@@ -94,6 +100,13 @@ def _job_spec(text: Any) -> JobSpec:
         why = exc.message if isinstance(exc, SpecError) else f"not JSON ({exc})"
         raise _not_ours(f"its {JOB_SPEC} is not one the webhook writes: {why}") from None
     return job
+
+
+def check_connector_volumes(spec: Mapping[str, Any], container: Mapping[str, Any], backend: str) -> None:
+    """The volumes and mounts one connector needs, as the webhook writes them."""
+    from webhook import mutation
+
+    _check_volumes(spec, container, backend, mutation)
 
 
 def _check_volumes(spec: Mapping[str, Any], container: Mapping[str, Any], backend: str,

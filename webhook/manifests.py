@@ -133,7 +133,12 @@ def script_for(pod: OffloadedPod, backend_type: str = "slurm-ssh") -> str:
     assert spec is not None
     spec = replace(spec, pod=PodRef(namespace=pod.namespace, name=pod.name))
     backend = backend_class(backend_type)(Profile(backend=backend_type))
-    env = dict.fromkeys(spec.env_passthrough, "")
+    names = spec.env_passthrough
+    if spec.parts:  # a whole pod: each container's names under its part's prefix
+        from connector.pod_render import pod_env_names
+
+        names = tuple(pod_env_names(spec))
+    env = dict.fromkeys(names, "")
     return backend.render(JobRequest(spec, PLACEHOLDER_JOB_DIR, env))
 
 

@@ -19,7 +19,7 @@ import orjson
 
 from connector.errors import SpecError
 from connector.render import hpc_image
-from connector.spec import ENV_PREFIX, MAX_COUNT, JobSpec, Resources, parse_time_limit
+from connector.spec import ENV_PREFIX, MAX_COUNT, WHOLE_POD, JobSpec, Resources, parse_time_limit
 from webhook.annotations import (
     INJECTED,
     JOB_SPEC,
@@ -120,6 +120,10 @@ def mutate(
     spec = pod.get("spec")
     if not isinstance(spec, dict):
         raise AdmissionDenied("spec: the pod has no spec")
+    if parsed.container == WHOLE_POD:  # every container, one HPC job (docs/whole-pods.md)
+        from webhook.whole_pod import mutate_whole_pod
+
+        return mutate_whole_pod(pod, namespace, config, policy, parsed)
     container = _select_container(spec, parsed.container)
     rule = policy.rule_for(namespace) if policy is not None else None
     job = build_job_spec(container, spec, parsed, rule, config.gpu_resource_names)
@@ -523,11 +527,12 @@ def relay_volumes(config: WebhookConfig) -> list[dict[str, Any]]:
 _REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
-def prefixed_env(env: Any) -> Any:
+def prefixed_env(env: Any, prefix: str = ENV_PREFIX) -> Any:
     """The container's env under ENV_PREFIX + NAME: data for the job that no program in the
     connector container reads as a setting (an `LD_PRELOAD` would act on the interpreter before
     any of our code runs). `$(NAME)` references to earlier entries follow the rename, so the
-    kubelet still resolves them; `$$` stays an escape."""
+    kubelet still resolves them; `$$` stays an escape. (A whole pod's leader holds every
+    container's env, each under its own `prefix`.)"""
     if not isinstance(env, list):
         return env
     seen: set[str] = set()
@@ -536,20 +541,20 @@ def prefixed_env(env: Any) -> Any:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             out.append(item)
             continue
-        renamed = {**item, "name": ENV_PREFIX + item["name"]}
+        renamed = {**item, "name": prefix + item["name"]}
         if isinstance(item.get("value"), str):
             renamed["value"] = _REFERENCE.sub(
-                lambda m: f"$({ENV_PREFIX}{m.group(1)})" if m.group(1) in seen else m.group(0), item["value"])
+                lambda m: f"$({prefix}{m.group(1)})" if m.group(1) in seen else m.group(0), item["value"])
         seen.add(item["name"])
         out.append(renamed)
     return out
 
 
-def prefixed_env_from(env_from: Any) -> Any:
+def prefixed_env_from(env_from: Any, prefix: str = ENV_PREFIX) -> Any:
     """`envFrom` sources with ENV_PREFIX before their own prefix (see prefixed_env)."""
     if not isinstance(env_from, list):
         return env_from
-    return [{**item, "prefix": ENV_PREFIX + str(item.get("prefix") or "")} if isinstance(item, dict) else item
+    return [{**item, "prefix": prefix + str(item.get("prefix") or "")} if isinstance(item, dict) else item
             for item in env_from]
 
 
