@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def unb64(text: Any) -> bytes:
 
 def request_to_wire(request: JobRequest) -> dict[str, Any]:
     return {"spec": request.spec.to_dict(), "job_dir": request.job_dir, "env": dict(request.env),
-            "run": request.run}
+            "run": request.run, "part": request.part}
 
 
 def request_from_wire(data: Mapping[str, Any]) -> JobRequest:
@@ -59,12 +60,16 @@ def request_from_wire(data: Mapping[str, Any]) -> JobRequest:
     job_dir = data.get("job_dir")
     if not isinstance(job_dir, str) or not isinstance(run, int) or run < 0:
         raise ValueError("job_dir and run are required")
-    return JobRequest(JobSpec.from_dict(data.get("spec") or {}), job_dir, env, run)
+    spec = JobSpec.from_dict(data.get("spec") or {})
+    part = data.get("part") or ""
+    if part:  # a whole pod's container: one of the spec's parts
+        spec.part(str(part))
+    return JobRequest(spec, job_dir, env, run, str(part))
 
 
 def handle_to_wire(handle: JobHandle) -> dict[str, Any]:
     return {"job_id": handle.job_id, "job_dir": handle.job_dir, "stdout": handle.stdout,
-            "stderr": handle.stderr}
+            "stderr": handle.stderr, "part": handle.part}
 
 
 def handle_from_wire(data: Mapping[str, Any]) -> JobHandle:
@@ -72,9 +77,13 @@ def handle_from_wire(data: Mapping[str, Any]) -> JobHandle:
     stderr = data.get("stderr")
     if not all(isinstance(v, str) and v for v in values) or not (stderr is None or isinstance(stderr, str)):
         raise ValueError("a job handle needs job_id, job_dir and stdout")
-    return JobHandle(str(values[0]), str(values[1]), str(values[2]), stderr)
+    part = data.get("part") or ""
+    if not isinstance(part, str) or (part and not _PART.fullmatch(part)):
+        raise ValueError("a handle's part is a container name")
+    return JobHandle(str(values[0]), str(values[1]), str(values[2]), stderr, part)
 
 
+_PART = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _STATUS_FIELDS = ("job_id", "raw_state", "reason", "exit_code", "signal", "start_estimate",
                   "queue_position", "node", "payload_ended", "requeued", "stderr_tail")
 

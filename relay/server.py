@@ -197,7 +197,7 @@ def _check_capacity(relay: Relay) -> None:
 
 def _registered(relay: Relay, session: Session, handle: JobHandle, identity: Identity,
                 period: float | None, tag: str = "") -> dict[str, Any]:
-    existing = session.job(handle.job_id)
+    existing = session.job(handle.key)
     if existing is not None and existing.owner.pod_uid != identity.pod_uid:
         raise Answer(403, wire.FORBIDDEN, f"HPC job {handle.job_id} belongs to another pod")
     session.register(handle, identity, period, tag)
@@ -241,6 +241,7 @@ async def find(request: web.Request) -> web.Response:
     handle = await session.call(asyncio.get_running_loop(), lambda: session.backend.find(job_request))
     if handle is None:
         return web.json_response({"handle": None})
+    handle = handle.for_part(job_request.part)  # a whole pod's container follows its own part
     _check_capacity(relay)
     return web.json_response(_registered(relay, session, handle, identity, _period(body), job_request.tag))
 
@@ -260,7 +261,7 @@ async def submit(request: web.Request) -> web.Response:
         session.submitted[job_request.tag] = handle
         return handle
 
-    handle = await session.call(asyncio.get_running_loop(), once)
+    handle = (await session.call(asyncio.get_running_loop(), once)).for_part(job_request.part)
     return web.json_response(_registered(relay, session, handle, identity, _period(body), job_request.tag))
 
 

@@ -155,19 +155,21 @@ class Session:
         return future.future
 
     def register(self, handle: JobHandle, owner: Identity, period: float | None, tag: str = "") -> RelayJob:
+        """Followed by its key: the job, or one part of a whole pod's job (each container of
+        the pod follows its own part's output and end marker)."""
         with self.lock:
-            job = self.jobs.get(handle.job_id)
+            job = self.jobs.get(handle.key)
             now = time.monotonic()
             if job is None:
-                job = self.jobs[handle.job_id] = RelayJob(handle, owner, self._period(period), now, tag)
+                job = self.jobs[handle.key] = RelayJob(handle, owner, self._period(period), now, tag)
                 self._next_quick = 0.0  # its first status soon
             job.last_seen = now
             self.last_used = now
             return job
 
-    def job(self, job_id: str) -> RelayJob | None:
+    def job(self, key: str) -> RelayJob | None:
         with self.lock:
-            job = self.jobs.get(job_id)
+            job = self.jobs.get(key)
             if job is not None:
                 job.last_seen = self.last_used = time.monotonic()
             return job
@@ -208,8 +210,8 @@ class Session:
             if job.waiter is not None:
                 job.waiter.future.set(None)
                 job.waiter = None
-            self.jobs.pop(job.handle.job_id, None)
-            for tag in [tag for tag, handle in self.submitted.items() if handle.job_id == job.handle.job_id]:
+            self.jobs.pop(job.handle.key, None)
+            for tag in [tag for tag, handle in self.submitted.items() if handle.key == job.handle.key]:
                 del self.submitted[tag]
 
     def snapshot(self, job: RelayJob) -> dict[str, Any]:
@@ -300,7 +302,7 @@ class Session:
             return
         try:
             self.counters["cancel_requests"] += 1
-            self.backend.cancel_many([job.handle.job_id for job in wanted])
+            self.backend.cancel_many(list(dict.fromkeys(job.handle.job_id for job in wanted)))
         except ConnectorError as exc:
             self._fault("cancel", exc)
             return
@@ -323,7 +325,7 @@ class Session:
         self._next_quick = now + self.settings.quick
         try:
             self.counters["status_requests"] += 1
-            found = self.backend.statuses([job.handle.job_id for job in asked])
+            found = self.backend.statuses(list(dict.fromkeys(job.handle.job_id for job in asked)))
         except ConnectorError as exc:
             self._fault("status", exc)
             return
@@ -373,8 +375,8 @@ class Session:
             if self._batch_reader and now >= self._next_heartbeat:
                 # only jobs a connector still follows: a vanished pod's job is left to its switch
                 # should the relay's own orphan cancel not get through
-                touches = [JobPaths(job.handle.job_dir).heartbeat for job in jobs
-                           if not job.ended and now - job.last_seen < self.orphan_timeout]
+                touches = list(dict.fromkeys(JobPaths(job.handle.job_dir).heartbeat for job in jobs
+                                             if not job.ended and now - job.last_seen < self.orphan_timeout))
                 periods = [job.period for job in jobs] or [self.settings.period]
                 self._next_heartbeat = now + min(min(periods), self.orphan_timeout / 4)
         if not reads and not touches:
@@ -463,7 +465,7 @@ class Session:
                 quiet = now - job.last_seen
                 if job.ended:
                     if job.released or quiet > self.settings.forget_after:
-                        self.jobs.pop(job.handle.job_id, None)
+                        self.jobs.pop(job.handle.key, None)
                     continue
                 if not job.cancel_requested and quiet > self.orphan_timeout:
                     log.warning("session %s: HPC job %s of pod %s: no connector for %.0fs "
@@ -473,5 +475,5 @@ class Session:
                     self.counters["orphans_cancelled"] += 1
                     self._wake.set()
                 if job.cancel_requested and job.cancel_sent is not None and quiet > 2 * self.orphan_timeout:
-                    self.jobs.pop(job.handle.job_id, None)  # nobody left to tell
+                    self.jobs.pop(job.handle.key, None)  # nobody left to tell
 

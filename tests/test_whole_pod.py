@@ -64,66 +64,77 @@ def kubelet_volume(root: Path, files: dict[str, str]) -> None:
         (root / top).symlink_to(f"..data/{top}")
 
 
-@pytest.fixture
-def run_pod(tmp_path, profiles):
-    started: list[Pod] = []
-
-    def launch(spec: dict, profile: str, volumes: dict[str, dict[str, str]] | None = None,
-               env: dict[str, str] | None = None, stop_sidecars: bool = True) -> Pod:
-        uid = str(uuid.uuid4())
-        work = tmp_path / uid[:8]
-        (work / "state").mkdir(parents=True)
-        full = {"container": "*", "env_prefix": "HPCO_ENV_", **spec,
-                "pod": {"namespace": "tests", "name": "whole", "uid": uid}}
-        for part in full["parts"]:  # as the webhook writes it; the profile's image runs
-            part.setdefault("image", "python:3.11-slim")
-        (work / "job-spec.json").write_text(json.dumps(full))
-        for name, content in (volumes or {}).items():
-            (work / "volumes" / name).mkdir(parents=True)
-            kubelet_volume(work / "volumes" / name, content)
-        pod = Pod(uid, work)
+def launch_pod(root: Path, profile_dir: Path, spec: dict, volumes: dict[str, dict[str, str]] | None = None,
+               env: dict[str, str] | None = None, stop_sidecars: bool = True, uid: str | None = None,
+               every_env: dict[str, str] | None = None, started: list[Pod] | None = None) -> Pod:
+    """Start a pod's connectors as the kubelet would; `env` is the leader's (every container's
+    variables, prefixed), `every_env` every container's (the relay's URL and token)."""
+    uid = uid or str(uuid.uuid4())
+    work = root / uid[:8]
+    (work / "state").mkdir(parents=True)
+    full = {"container": "*", "env_prefix": "HPCO_ENV_", **spec,
+            "pod": {"namespace": "tests", "name": "whole", "uid": uid}}
+    for part in full["parts"]:  # as the webhook writes it; the profile's image runs
+        part.setdefault("image", "python:3.11-slim")
+    (work / "job-spec.json").write_text(json.dumps(full))
+    for name, content in (volumes or {}).items():
+        (work / "volumes" / name).mkdir(parents=True)
+        kubelet_volume(work / "volumes" / name, content)
+    pod = Pod(uid, work)
+    if started is not None:
         started.append(pod)
-        parts = full["parts"]
-        leader = next((p["name"] for p in parts if p.get("kind", "app") != "app"), parts[0]["name"])
+    parts = full["parts"]
+    leader = next((p["name"] for p in parts if p.get("kind", "app") != "app"), parts[0]["name"])
 
-        def start(part: dict) -> ConnectorRun:
-            name = part["name"]
-            environment = {**os.environ, "USER": os.environ.get("USER", "root")}
-            if name == leader:
-                environment.update(env or {})
-            argv = [sys.executable, "-m", "connector.cli", "run", "--spec", str(work / "job-spec.json"),
-                    "--profile", str(profiles[profile]), "--state-dir", str(work / "state"),
-                    "--termination-log", str(work / f"termination-{name}"), "--part", name,
-                    "--volumes-dir", str(work / "volumes"), *(["--leader"] if name == leader else [])]
-            proc = subprocess.Popen(argv, cwd=REPO, env=environment, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
-            run = ConnectorRun(proc, full, work / "state" / f"part-{name}", work / f"termination-{name}")
-            run.start_readers()
-            pod.runs[name] = run
-            return run
+    def start(part: dict) -> ConnectorRun:
+        name = part["name"]
+        environment = {**os.environ, "USER": os.environ.get("USER", "root"), **(every_env or {})}
+        if name == leader:
+            environment.update(env or {})
+        argv = [sys.executable, "-m", "connector.cli", "run", "--spec", str(work / "job-spec.json"),
+                "--profile", str(profile_dir), "--state-dir", str(work / "state"),
+                "--termination-log", str(work / f"termination-{name}"), "--part", name,
+                "--volumes-dir", str(work / "volumes"), *(["--leader"] if name == leader else [])]
+        proc = subprocess.Popen(argv, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        run = ConnectorRun(proc, full, work / "state" / f"part-{name}", work / f"termination-{name}")
+        run.start_readers()
+        pod.runs[name] = run
+        return run
 
-        sidecars = []
-        for part in parts:  # the kubelet: init containers in order, each to its end
-            kind = part.get("kind", "app")
-            if kind == "init":
-                if start(part).wait(timeout=180) != 0:
-                    return pod  # a failed init container: the pod fails, nothing else starts
-            elif kind == "sidecar":
-                sidecars.append(start(part))
-        apps = [start(part) for part in parts if part.get("kind", "app") == "app"]
-        if stop_sidecars and sidecars:
-            for app in apps:
-                app.wait(timeout=180)
-            for sidecar in reversed(sidecars):  # the kubelet stops sidecars once the apps ended
-                sidecar.proc.send_signal(signal.SIGTERM)
-        return pod
+    sidecars = []
+    for part in parts:  # the kubelet: init containers in order, each to its end
+        kind = part.get("kind", "app")
+        if kind == "init":
+            if start(part).wait(timeout=180) != 0:
+                return pod  # a failed init container: the pod fails, nothing else starts
+        elif kind == "sidecar":
+            sidecars.append(start(part))
+    apps = [start(part) for part in parts if part.get("kind", "app") == "app"]
+    if stop_sidecars and sidecars:
+        for app in apps:
+            app.wait(timeout=180)
+        for sidecar in reversed(sidecars):  # the kubelet stops sidecars once the apps ended
+            sidecar.proc.send_signal(signal.SIGTERM)
+    return pod
 
-    yield launch
-    for pod in started:
+
+def stop_pods(pods: list[Pod]) -> None:
+    for pod in pods:
         for run in pod.runs.values():
             if run.proc.poll() is None:
                 run.proc.kill()
                 run.proc.wait()
+
+
+@pytest.fixture
+def run_pod(tmp_path, profiles):
+    started: list[Pod] = []
+
+    def launch(spec: dict, profile: str, **options) -> Pod:
+        return launch_pod(tmp_path, profiles[profile], spec, started=started, **options)
+
+    yield launch
+    stop_pods(started)
 
 
 def sh(script: str) -> list[str]:

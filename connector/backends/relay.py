@@ -241,7 +241,8 @@ class RelayBackend(Backend):
         self._leaving: set[str] = set()  # sessions of an older profile still holding our job
         self._checked = time.monotonic()
         self._workdir: str | None = None
-        self._handles: dict[str, JobHandle] = {}
+        self._handles: dict[str, JobHandle] = {}  # by key: the job, or a whole pod's part of it
+        self._keys: dict[str, str] = {}  # job id -> the key this connector follows it by
         self._status: dict[str, tuple[JobStatus, float, int]] = {}  # status, when, version
         self._fault: str | None = None
         self._cancelling: set[str] = set()
@@ -295,19 +296,20 @@ class RelayBackend(Backend):
                 self._attach(job_id)
         raise AssertionError("unreachable")
 
-    def _attach(self, job_id: str) -> None:
-        handle = self._handles.get(job_id)
+    def _attach(self, key: str) -> None:
+        """(Re-)register the handle followed by `key` (the job id, or job id~part)."""
+        handle = self._handles.get(key)
         if handle is None and self.runtime_dir:  # a restart that asks for a status first
             from connector.state import StateStore
 
             record = StateStore(self.runtime_dir).load()
-            handle = record.handle if record is not None and record.job_id == job_id else None
+            handle = record.handle if record is not None and record.handle.key == key else None
         if handle is None:
-            raise BackendError(f"HPC job {job_id}: no handle to register with the relay")
-        log.info("registering HPC job %s with the relay again", job_id)
-        answer = self._post("/attach", {"handle": _wire_handle(handle), "claim": self._claims.get(job_id),
+            raise BackendError(f"HPC job {key}: no handle to register with the relay")
+        log.info("registering HPC job %s with the relay again", handle.job_id)
+        answer = self._post("/attach", {"handle": _wire_handle(handle), "claim": self._claims.get(handle.job_id),
                                         "period": self.period})
-        self._remember(job_id, answer.get("claim"))
+        self._remember(handle.job_id, answer.get("claim"))
 
     def _registered(self, answer: dict[str, Any]) -> JobHandle | None:
         from relay.protocol import handle_from_wire
@@ -315,7 +317,8 @@ class RelayBackend(Backend):
         if answer.get("handle") is None:
             return None
         handle = handle_from_wire(answer["handle"])
-        self._handles[handle.job_id] = handle
+        self._handles[handle.key] = handle
+        self._keys[handle.job_id] = handle.key
         self._remember(handle.job_id, answer.get("claim"))
         return handle
 
@@ -357,15 +360,20 @@ class RelayBackend(Backend):
                 self._leaving.add(self._sid)
                 self._sid = None
         for old in list(self._leaving):
-            for job_id in list(self._handles):
-                self._attach(job_id)  # on the new session (opened first)
+            for key in list(self._handles):  # the job id, or job id~part (a whole pod's container)
+                self._attach(key)  # on the new session (opened first)
                 with contextlib.suppress(_NoSession, _NoJob):
-                    self.client.post(f"/v1/session/{old}/job/{job_id}/release", {"cleanup": False}, 30.0)
+                    self.client.post(f"/v1/session/{old}/job/{key}/release", {"cleanup": False}, 30.0)
             self._leaving.discard(old)
 
     def adopt(self, handle: JobHandle) -> None:
         """A job this connector followed before (its state file): registered on first use."""
-        self._handles.setdefault(handle.job_id, handle)
+        self._handles.setdefault(handle.key, handle)
+        self._keys.setdefault(handle.job_id, handle.key)
+
+    def _key(self, job_id: str) -> str:
+        """The relay follows each part of a whole pod's job on its own: this connector's."""
+        return self._keys.get(job_id, job_id)
 
     # --- the contract -----------------------------------------------------------------------
 
@@ -410,7 +418,7 @@ class RelayBackend(Backend):
             return cached[0]
         version = cached[2] if cached else 0
         body = {"version": version, "until_ended": job_id in self._cancelling}
-        answer = self._post("/status", body, timeout=60.0, job_id=job_id)
+        answer = self._post("/status", body, timeout=60.0, job_id=self._key(job_id))
         status = self._take(job_id, answer)
         if status is None:
             raise TransientError("the relay has no status for the job yet")
@@ -432,7 +440,7 @@ class RelayBackend(Backend):
     @_guarded
     def cancel_many(self, job_ids: Sequence[str]) -> None:
         for job_id in job_ids:
-            self._post("/cancel", {}, timeout=30.0, job_id=job_id)
+            self._post("/cancel", {}, timeout=30.0, job_id=self._key(job_id))
             self._cancelling.add(job_id)
 
     @_guarded
@@ -448,7 +456,7 @@ class RelayBackend(Backend):
         cached = self._status.get(handle.job_id)
         body = {"stdout_offset": stdout_offset, "stderr_offset": stderr_offset, "marker": marker,
                 "version": cached[2] if cached else 0}
-        answer = self._poller.run(lambda: self._post("/wait", body, timeout=90.0, job_id=handle.job_id),
+        answer = self._poller.run(lambda: self._post("/wait", body, timeout=90.0, job_id=handle.key),
                                   self._interrupted)
         if answer is None:  # a signal: the life cycle cancels now
             return Progress()
@@ -458,7 +466,7 @@ class RelayBackend(Backend):
     @_guarded
     def read_output(self, handle: JobHandle, stream: str, offset: int, limit: int = READ_LIMIT) -> bytes:
         self.adopt(handle)
-        answer = self._post("/read", {"stream": stream, "offset": offset, "limit": limit}, job_id=handle.job_id)
+        answer = self._post("/read", {"stream": stream, "offset": offset, "limit": limit}, job_id=handle.key)
         return _b64(answer.get("data"))
 
     def files(self) -> FileStore:
@@ -467,7 +475,7 @@ class RelayBackend(Backend):
     @_guarded
     def cleanup(self, handle: JobHandle) -> None:
         self.adopt(handle)
-        self._post("/release", {}, timeout=60.0, job_id=handle.job_id)
+        self._post("/release", {}, timeout=60.0, job_id=handle.key)
 
     def stats(self) -> dict[str, int]:
         return {"relay_requests": self.client.requests}
