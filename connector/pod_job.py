@@ -66,13 +66,13 @@ class PartConnector(Connector):
     # --- submit (leader) or find (the others) -----------------------------------------------
 
     def _run(self) -> outcomes.Outcome:
-        if Capability.PARTS not in self.backend.capabilities:
-            raise SpecError(f"backend {self.backend.type_name} cannot run a whole pod "
-                            "(hpc.offload/container \"*\"); use slurm-ssh, slurm-local, sge-ssh or sge-local")
-        if self.leader != (self.part.name == self.spec.leader):
-            raise SpecError(f"--leader: the leader of this pod is container {self.spec.leader!r}, "
-                            f"not {self.part.name!r}")
         try:
+            if Capability.PARTS not in self.backend.capabilities:
+                raise SpecError(f"backend {self.backend.type_name} cannot run a whole pod "
+                                "(hpc.offload/container \"*\"); use slurm-ssh, slurm-local, sge-ssh or sge-local")
+            if self.leader != (self.part.name == self.spec.leader):
+                raise SpecError(f"--leader: the leader of this pod is container {self.spec.leader!r}, "
+                                f"not {self.part.name!r}")
             if self.leader and any(volume.kind == "files" for volume in self.spec.volumes):
                 self._files()  # before anything is submitted: can the volumes be copied?
             return super()._run()
@@ -192,9 +192,9 @@ class PartConnector(Connector):
             payload_exit = self._marker()
             if payload_exit is None:
                 if status.state in (JobState.COMPLETED, JobState.FAILED):
-                    return JobStatus(status.job_id, JobState.FAILED, "FAILED", node=status.node,
-                                     reason=f"container {self.part.name} left no exit status (it never ran)",
-                                     exit_code=status.exit_code or 1, signal=0)
+                    why = f"{status.state.value}, and container {self.part.name} left no exit status"
+                    return JobStatus(status.job_id, JobState.FAILED, why, node=status.node,
+                                     reason="it never ran", exit_code=status.exit_code or 1, signal=0)
                 return status
         if payload_exit > 128 and not status.state.ended:
             now = time.monotonic()
