@@ -34,6 +34,8 @@ def shell(profile_dir: str, state_dir: str, tty: bool | None, command: tuple[str
     """Open a shell (or run COMMAND) inside this pod's running HPC job."""
     try:
         record = StateStore(state_dir).load()
+        for part in sorted(Path(state_dir).glob("part-*")) if record is None else ():
+            record = record or StateStore(part).load()  # a whole pod: every part names the one job
         if record is None:
             raise click.ClickException("no HPC job yet: the connector has not submitted one (see the pod log)")
         profile = load_profile_dir(profile_dir)
