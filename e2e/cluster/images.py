@@ -266,7 +266,25 @@ def build_project_image(
     )
     _push_archive(PROJECT_IMAGE_FULL, archive)
     progress(f"images: built in {time.monotonic() - start:.0f}s")
+    _reclaim(archive, progress)
     return archive
+
+
+# The vfs store keeps a full copy of the root file system per layer (~0.5 GB): every code
+# change adds several, and 15 builds filled 50 GB here. Below this much free disk, what no
+# tagged image uses is removed after a build (the next build then re-makes its dependency
+# layer: slower, never a full disk).
+MIN_FREE_BYTES = 40 << 30
+
+
+def _reclaim(current: Path, progress: Progress) -> None:
+    """Old project archives always go; dangling store images when the disk runs low."""
+    for old in IMAGE_CACHE.glob("hpc-offload-*.oci.tar"):
+        if old != current:
+            old.unlink(missing_ok=True)
+    if shutil.disk_usage(BUILDAH_ROOT.parent).free < MIN_FREE_BYTES:
+        progress("images: disk low; removing untagged images from the build store")
+        buildah("rmi", "--prune")
 
 
 def load_project_image(paths: Paths, context: Path = REPO_ROOT, progress: Progress = print, force: bool = False) -> str:
