@@ -364,9 +364,15 @@ class LoadGenerator:
         self.job_ids[uid] = job
         offsets = {"stdout_offset": 0, "stderr_offset": 0}
         version = 0
+        stopped = asyncio.create_task(self.stop.wait())
         while not self.stop.is_set():
-            answer = await self.post(session, token, f"{base}/job/{job}/wait",
-                                     {**offsets, "marker": True, "version": version})
+            poll = asyncio.create_task(self.post(session, token, f"{base}/job/{job}/wait",
+                                                 {**offsets, "marker": True, "version": version}))
+            await asyncio.wait({poll, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not poll.done():  # SIGTERM cuts a real connector's long poll short too
+                poll.cancel()
+                break
+            answer = poll.result()
             version = answer.get("version", version)
             progress = answer.get("progress") or {}
             offsets["stdout_offset"] += len(_unb64(progress.get("stdout")))
