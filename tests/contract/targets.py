@@ -115,11 +115,13 @@ def _foreign_proxy(directory: Path) -> None:
 
 def rimrock_targets(profiles: dict[str, Path]) -> list[Target]:
     """The Rimrock-compatible server of the testbed (its profile written here: one proxy)."""
+    import atexit
     import tempfile
 
     from testbed import profile
 
     directory = Path(tempfile.mkdtemp(prefix="contract-rimrock-"))
+    atexit.register(shutil.rmtree, directory, True)  # it holds a proxy: not left in /tmp
     profile.write_dir(directory, "rimrock", "127.0.0.1")
     limit = {"resources": {"time_limit": 60}, "poll_interval": 2}
     return [Target("rimrock", "slurm", directory, _rimrock_in_queue, _rimrock_jobs_tagged,
