@@ -172,8 +172,12 @@ def test_authorize_and_revoke_key(tb, tmp_path):
 def test_profile_slurm_ssh_is_configmap_and_secret_that_work(tb):
     from testbed.cli import testbed
 
+    from testbed.listen import default_host
+
     result = CliRunner().invoke(testbed, ["-q", "profile", "slurm-ssh", "--name", "hpc"])
     assert result.exit_code == 0, result.output
+    host = default_host()[0]  # the local cluster's bridge when it exists (issue 14 item 1)
+    assert f"profile host {host}" in result.stderr
     cm, secret = list(yaml.safe_load_all(result.stdout))
     assert (cm["kind"], cm["metadata"]["name"]) == ("ConfigMap", "hpc")
     assert (secret["kind"], secret["type"], secret["metadata"]["name"]) == \
@@ -181,7 +185,7 @@ def test_profile_slurm_ssh_is_configmap_and_secret_that_work(tb):
     assert cm["data"]["name"] == "slurm-ssh"
     assert cm["data"]["monitoring_period"] == "2"
     conf = json.loads(cm["data"]["configuration"])
-    assert conf == {"host": "127.0.0.1", "port": 2222, "user": "hpcuser",
+    assert conf == {"host": host, "port": 2222, "user": "hpcuser",
                     "workdir": str(tb.workdir), "partition": "debug",
                     "runtime": "charliecloud", "image": str(tb.image_dir)}
     # the credentials are enough to log in with strict host key checking
