@@ -121,3 +121,15 @@ def test_slurm_maps_the_neutral_resources_and_checks_its_own_allow_list():
 
 def test_allowed_sbatch_args_pass():
     assert parse_sbatch_args("--constraint=a100 --exclusive") == ["--constraint=a100", "--exclusive"]
+
+
+def test_squeue_placeholders_are_not_values():
+    from connector.backends.slurm import status_from_listing
+
+    pending = status_from_listing({"JobID": "5", "State": "PENDING", "Reason": "Priority", "exit_code": "0",
+                                   "BatchHost": "n/a", "StartTime": "N/A", "RestartCnt": "0"}, 3)
+    assert (pending.node, pending.start_estimate, pending.queue_position) == (None, None, 3)
+    done = status_from_listing({"JobID": "5", "State": "FAILED", "Reason": "NonZeroExitCode",
+                                "exit_code": "1792", "BatchHost": "vm", "StartTime": "2026-11-30T10:00:00",
+                                "RestartCnt": "0"})
+    assert (done.exit_code, done.signal, done.node) == (7, 0, "vm")

@@ -94,12 +94,17 @@ def status_from_listing(record: dict[str, str], position: int | None = None) -> 
         reason=record.get("Reason", "") if record.get("Reason") not in ("None", "(null)") else "",
         exit_code=code if state.ended else None,
         signal=signal if state.ended else None,
-        start_estimate=start if start not in ("", "N/A", "Unknown", "None") else None,
+        start_estimate=_known(start),
         queue_position=position if state is JobState.PENDING else None,
-        node=record.get("BatchHost") or None if record.get("BatchHost") not in ("", "N/A") else None,
+        node=_known(record.get("BatchHost", "")),
         payload_ended=raw == "COMPLETING",
         requeued=restarts.isdigit() and int(restarts) > 0 and state is JobState.PENDING,
     )
+
+
+def _known(text: str) -> str | None:
+    """squeue's placeholders for "not yet" (`n/a`, `N/A`, `Unknown`, `None`) as None."""
+    return None if text.strip().lower() in ("", "n/a", "unknown", "none", "(null)") else text.strip()
 
 
 def _exit_code(text: str) -> tuple[int | None, int | None]:
