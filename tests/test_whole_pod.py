@@ -168,9 +168,11 @@ def test_two_containers_share_an_empty_dir(run_pod, runtime, profile):
     assert pod.runs["writer"].job_id == reader.job_id  # one HPC job for the pod
 
 
-def test_config_map_and_secret_volumes_are_read_by_two_containers(run_pod, profiles):
-    """Both containers mount the ConfigMap (one with a subPath) and the Secret; the copies
-    on the HPC side are 0600 in 0700 directories while the job runs, and gone after it."""
+@pytest.mark.parametrize("profile", ["slurm-local", "slurm-ssh", "sge-ssh-openssh"])
+def test_config_map_and_secret_volumes_are_read_by_two_containers(run_pod, profile):
+    """Both containers mount the ConfigMap and the Secret; the copies on the HPC side (over
+    SFTP, the ssh client, or locally) are 0600 in 0700 directories while the job runs, and
+    gone after it."""
     spec = {
         "runtime": "charliecloud",
         "volumes": [{"name": "config", "kind": "files"}, {"name": "creds", "kind": "files"}],
@@ -184,8 +186,8 @@ def test_config_map_and_secret_volumes_are_read_by_two_containers(run_pod, profi
     }
     volumes = {"config": {"settings.ini": "mode = fast\n", "nested/deep.txt": "deep\n"},
                "creds": {"token": "s3cr3t-value\n"}}
-    pod = run_pod(spec, "slurm-local", volumes=volumes)
-    pod.runs["app"].wait_for_stderr("running")
+    pod = run_pod(spec, profile, volumes=volumes)
+    pod.runs["app"].wait_for_stderr("running", timeout=120)
     job_dir = Path(json.loads((pod.work / "state" / "part-app" / "job.json").read_text())["job_dir"])
     copied = {str(p.relative_to(job_dir / "volumes")): oct(p.stat().st_mode & 0o777)
               for p in (job_dir / "volumes").rglob("*")}
@@ -264,8 +266,8 @@ def test_a_native_sidecar_runs_beside_the_app_and_stops_after_it(run_pod):
     ]}
     pod = run_pod(spec, "slurm-local")
     assert pod.wait() == {"shipper": 0, "app": 0}, pod.log()
-    assert pod.out("shipper") == "shipper up\nshipper stopped\n"
-    assert "cancelling" not in pod.runs["shipper"].log  # the job stopped it, nobody cancelled
+    assert pod.out("shipper") == "shipper up\nshipper stopped\n", pod.log()
+    assert "cancelling" not in pod.runs["shipper"].log, pod.log()  # the job stopped it, nobody cancelled
 
 
 def test_a_signal_to_any_container_cancels_the_pods_job(run_pod):
