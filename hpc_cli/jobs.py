@@ -76,7 +76,11 @@ def offloaded_container(pod: Mapping[str, Any]) -> str | None:
     """The connector's container: the job spec's, else `hpc.offload/container`, else the only one."""
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     try:
-        name = json.loads(annotations.get(JOB_SPEC) or "{}").get("container")
+        spec = json.loads(annotations.get(JOB_SPEC) or "{}")
+        name = spec.get("container")
+        if name == "*":  # a whole pod (docs/whole-pods.md): its first app container shows the job
+            name = next((part.get("name") for part in spec.get("parts") or []
+                         if isinstance(part, dict) and part.get("kind", "app") == "app"), None)
     except (ValueError, AttributeError):
         name = None
     if isinstance(name, str) and name:
