@@ -110,7 +110,10 @@ def relay(bind: str, cert: str, key: str, audience: str, static_tokens: str | No
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     settings = Settings(tick=tick, quick=quick, orphan_timeout=orphan_timeout)
-    registry = Registry(settings, state_dir, hosts, max_sessions)
+    try:
+        registry = Registry(settings, state_dir, hosts, max_sessions)
+    except OSError as exc:
+        raise click.ClickException(f"--state-dir {state_dir}: {exc.strerror}") from None
     app = make_app(Relay(registry, CachedAuthenticator(review), keyed, wait_seconds, max_jobs,
                          ready=lambda: getattr(reloading, "info", None) is not None))
     logging.getLogger("hpc-offload.relay").info(

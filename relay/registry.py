@@ -61,7 +61,8 @@ class Registry:
     def __init__(self, settings: Settings, state_dir: str, allow_hosts: Sequence[str] = (),
                  max_sessions: int = 1000) -> None:
         self.settings = settings
-        self.state_dir = Path(state_dir)
+        # a directory of our own inside the given one (in a pod: an emptyDir owned by root)
+        self.state_dir = Path(state_dir) / "sessions"
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.state_dir, 0o700)
         self.allow_hosts = [pattern.lower() for pattern in allow_hosts]
