@@ -12,11 +12,14 @@ warm run only imports (or finds the image already in containerd).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import fnmatch
 import hashlib
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,6 +63,30 @@ def buildah(*args: str, log: Path | None = None) -> str:
     if proc.returncode:
         raise RuntimeError(f"buildah {args[0]} failed (exit {proc.returncode}); see {log}")
     return ""
+
+
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def store_lock() -> Iterator[None]:
+    """One user of the build store at a time, across processes (re-entrant in a thread): a
+    prune during another process's build left layers "not known" to that build."""
+    if getattr(_held, "depth", 0):
+        _held.depth += 1
+        try:
+            yield
+        finally:
+            _held.depth -= 1
+        return
+    BUILDAH_ROOT.parent.mkdir(parents=True, exist_ok=True)
+    with open(BUILDAH_ROOT.parent / "store.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _held.depth = 1
+        try:
+            yield
+        finally:
+            _held.depth = 0
 
 
 def _digest_files(files: Iterator[tuple[str, Path]]) -> str:
@@ -115,22 +142,27 @@ def _in_containerd(paths: Paths, name: str) -> bool:
 def ensure_pause_image(paths: Paths, progress: Progress = print) -> None:
     key = _digest_files(iter([("pause.c", PAUSE_SRC)]))
     archive = _archive("pause", key)
-    if not archive.exists():
-        progress("images: building the pause image (gcc -static, buildah from scratch)")
-        work = CACHE_DIR / "pause-build"
-        work.mkdir(parents=True, exist_ok=True)
-        binary = work / "pause"
-        subprocess.run(["gcc", "-static", "-Os", "-s", "-o", str(binary), str(PAUSE_SRC)], check=True)
-        container = buildah("from", "scratch")
-        try:
-            buildah("copy", "--chmod", "0755", container, str(binary), "/pause")
-            buildah("config", "--entrypoint", '["/pause"]', "--user", "65535:65535", container)
-            buildah("commit", "--rm", container, PAUSE_IMAGE)
-        except subprocess.CalledProcessError:
-            buildah("rm", container)
-            raise
-        _push_archive(PAUSE_IMAGE, archive)
+    with store_lock():
+        if not archive.exists():
+            _build_pause(archive, progress)
     import_archive(paths, archive, (PAUSE_IMAGE,))
+
+
+def _build_pause(archive: Path, progress: Progress) -> None:
+    progress("images: building the pause image (gcc -static, buildah from scratch)")
+    work = CACHE_DIR / "pause-build"
+    work.mkdir(parents=True, exist_ok=True)
+    binary = work / "pause"
+    subprocess.run(["gcc", "-static", "-Os", "-s", "-o", str(binary), str(PAUSE_SRC)], check=True)
+    container = buildah("from", "scratch")
+    try:
+        buildah("copy", "--chmod", "0755", container, str(binary), "/pause")
+        buildah("config", "--entrypoint", '["/pause"]', "--user", "65535:65535", container)
+        buildah("commit", "--rm", container, PAUSE_IMAGE)
+    except subprocess.CalledProcessError:
+        buildah("rm", container)
+        raise
+    _push_archive(PAUSE_IMAGE, archive)
 
 
 def ensure_base_image(progress: Progress = print) -> str:
@@ -138,6 +170,11 @@ def ensure_base_image(progress: Progress = print) -> str:
     from testbed.rootfs import ensure_python_rootfs
 
     rootfs = ensure_python_rootfs()
+    with store_lock():
+        return _base_image(rootfs, progress)
+
+
+def _base_image(rootfs: Path, progress: Progress) -> str:
     stamp = BUILDAH_ROOT.parent / "base-image.stamp"
     source_stamp = str(rootfs.stat().st_mtime_ns)
     if _image_in_store(BASE_IMAGE) and stamp.exists() and stamp.read_text() == source_stamp:
@@ -239,6 +276,11 @@ def build_project_image(
     paths: Paths, context: Path = REPO_ROOT, progress: Progress = print, force: bool = False
 ) -> Path:
     """Build (if its inputs changed) the project image; returns its cached OCI archive."""
+    with store_lock():
+        return _build_project(context, progress, force)
+
+
+def _build_project(context: Path, progress: Progress, force: bool) -> Path:
     base = ensure_base_image(progress)
     key = project_image_key(context)
     archive = _archive("hpc-offload", key)
@@ -248,6 +290,25 @@ def build_project_image(
     log = IMAGE_CACHE / f"hpc-offload-{key}.build.log"
     progress(f"images: buildah bud {context}/Dockerfile -> {PROJECT_IMAGE} (log: {log})")
     start = time.monotonic()
+    try:
+        _bud(context, base, log)
+    except RuntimeError:
+        if "layer not known" not in log.read_text(errors="replace"):
+            raise
+        # the layer cache lost a layer (an interrupted prune): drop what it knows, once
+        progress("images: the build store's layer cache is broken; clearing it and building again")
+        buildah("rm", "--all")
+        buildah("rmi", "--all", "--force")
+        (BUILDAH_ROOT.parent / "base-image.stamp").unlink(missing_ok=True)
+        base = ensure_base_image(progress)
+        _bud(context, base, log)
+    _push_archive(PROJECT_IMAGE_FULL, archive)
+    progress(f"images: built in {time.monotonic() - start:.0f}s")
+    _reclaim(archive, progress)
+    return archive
+
+
+def _bud(context: Path, base: str, log: Path) -> None:
     buildah(
         "bud",
         "--isolation=chroot",
@@ -264,10 +325,6 @@ def build_project_image(
         str(context),
         log=log,
     )
-    _push_archive(PROJECT_IMAGE_FULL, archive)
-    progress(f"images: built in {time.monotonic() - start:.0f}s")
-    _reclaim(archive, progress)
-    return archive
 
 
 # The vfs store keeps a full copy of the root file system per layer (~0.5 GB): every code
