@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -99,7 +100,13 @@ def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
         connector = Connector(spec, backend, StateStore(state_dir), timing, sys.stdout.buffer, termination_log,
                               environ=environ, err=sys.stderr.buffer, ready=ReadyPort(ready_port))
     connector.install_signal_handlers()
-    return connector.run()
+    code = connector.run()
+    # The end is reported: a stop arriving now (a whole pod's sidecar is stopped by the kubelet
+    # as it ends by itself) must not kill the exit under way. Python restores the default
+    # handlers as it shuts down, except an ignored signal's.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    return code
 
 
 @click.group(invoke_without_command=True, help=__doc__,

@@ -270,6 +270,20 @@ def test_a_native_sidecar_runs_beside_the_app_and_stops_after_it(run_pod):
     assert "cancelling" not in pod.runs["shipper"].log, pod.log()  # the job stopped it, nobody cancelled
 
 
+def test_a_stop_that_arrives_as_a_connector_ends_does_not_kill_its_exit(run_pod):
+    """The kubelet stops a native sidecar as the job stops it too: the connector may be on its
+    way out with its part's code when SIGTERM comes; that code stays the container's."""
+    spec = {"runtime": "none", "parts": [{"name": "only", "command": sh("echo done")}]}
+    pod = run_pod(spec, "slurm-local")
+    run = pod.runs["only"]
+    deadline = time.monotonic() + 60
+    while not any("hpc-connector INFO exit 0" in line for line in run.stderr_lines):
+        assert time.monotonic() < deadline and run.proc.poll() is None, pod.log()
+        time.sleep(0.002)
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.wait() == 0, pod.log()
+
+
 def test_a_signal_to_any_container_cancels_the_pods_job(run_pod):
     from testbed import api
 
