@@ -62,7 +62,7 @@ class Registry:
                  max_sessions: int = 1000) -> None:
         self.settings = settings
         # a directory of our own inside the given one (in a pod: an emptyDir owned by root)
-        self.state_dir = Path(state_dir) / "sessions"
+        self.state_dir = Path(state_dir) / "s"  # short: ssh control sockets live below it
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.state_dir, 0o700)
         self.allow_hosts = [pattern.lower() for pattern in allow_hosts]
@@ -96,7 +96,7 @@ class Registry:
         return session
 
     def _create(self, key: str, identity: Identity, name: str, files: Mapping[str, bytes]) -> Session:
-        directory = self.state_dir / key[:16]
+        directory = self.state_dir / key[:12]
         profile_dir = directory / "profile"
         shutil.rmtree(directory, ignore_errors=True)
         profile_dir.mkdir(parents=True, mode=0o700)

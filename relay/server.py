@@ -238,7 +238,7 @@ async def find(request: web.Request) -> web.Response:
     session, body = _session(request), await _body(request)
     relay, identity = request.app[RELAY], request[IDENTITY]
     job_request = _own_request(body, identity)
-    handle = await session.call(asyncio.get_running_loop(), lambda: session.backend.find(job_request))
+    handle = await session.find(asyncio.get_running_loop(), job_request)
     if handle is None:
         return web.json_response({"handle": None})
     handle = handle.for_part(job_request.part)  # a whole pod's container follows its own part

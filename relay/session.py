@@ -25,12 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from connector.backends.base import Backend, Capability, JobHandle, JobStatus, Progress
+from connector.backends.base import Backend, Capability, JobHandle, JobRequest, JobStatus, Progress
 from connector.backends.shell import ShellBackend
 from connector.errors import ConnectorError, InternalError, TransientError
 from connector.render import JobPaths
 from relay import reader
 from relay.auth import Identity
+from relay.batching import find_many
 
 log = logging.getLogger("hpc-offload.relay")
 T = TypeVar("T")
@@ -129,6 +130,7 @@ class Session:
         self.submitted: dict[str, JobHandle] = {}  # tag -> handle: a repeated submit is the same job
         self.lock = threading.Lock()
         self._ops: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._finds: list[tuple[JobRequest, Future]] = []  # answered together (relay.batching)
         self._wake = threading.Event()
         self._closing = False
         self.last_used = time.monotonic()
@@ -150,6 +152,15 @@ class Session:
         future = Future(loop)
         with self.lock:
             self._ops.append((action, future))
+            self.last_used = time.monotonic()
+        self._wake.set()
+        return future.future
+
+    def find(self, loop: asyncio.AbstractEventLoop, request: JobRequest) -> asyncio.Future[JobHandle | None]:
+        """`backend.find`, gathered with the other finds waiting: one listing for a burst."""
+        future = Future(loop)
+        with self.lock:
+            self._finds.append((request, future))
             self.last_used = time.monotonic()
         self._wake.set()
         return future.future
@@ -220,7 +231,7 @@ class Session:
 
     def idle_for(self, now: float) -> float:
         with self.lock:
-            return 0.0 if self.jobs or self._ops else now - self.last_used
+            return 0.0 if self.jobs or self._ops or self._finds else now - self.last_used
 
     def close(self) -> None:
         self._closing = True
@@ -255,8 +266,28 @@ class Session:
         with self.lock:
             return any(job.reads for job in self.jobs.values())
 
+    def _run_finds(self) -> None:
+        with self.lock:
+            finds, self._finds = self._finds, []
+        if not finds:
+            return
+        try:
+            found = find_many(self.backend, [request for request, _ in finds])
+        except ConnectorError as exc:
+            for _, future in finds:
+                future.fail(exc)
+            return
+        except Exception as exc:  # a bug: a clear error for the connectors, the trace here
+            log.exception("session %s: find failed", self.key[:8])
+            for _, future in finds:
+                future.fail(InternalError(f"relay: unexpected {type(exc).__name__}"))
+            return
+        for (_, future), handle in zip(finds, found, strict=True):
+            future.set(handle)
+
     def _run_ops(self, next_tick: float) -> None:
         started = time.monotonic()
+        self._run_finds()
         while True:
             with self.lock:
                 if not self._ops:
