@@ -171,7 +171,6 @@ def test_authorize_and_revoke_key(tb, tmp_path):
 
 def test_profile_slurm_ssh_is_configmap_and_secret_that_work(tb):
     from testbed.cli import testbed
-
     from testbed.listen import default_host
 
     result = CliRunner().invoke(testbed, ["-q", "profile", "slurm-ssh", "--name", "hpc"])
