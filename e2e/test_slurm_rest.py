@@ -61,7 +61,7 @@ def test_an_annotated_job_runs_through_slurmrestd_with_its_output_in_the_log(res
     assert terminated(pod).exit_code == 0
     assert json.loads(terminated(pod).message)["state"] == "COMPLETED"
     log = pod_log(core, pod.metadata.name, rest_ns)
-    assert [line for line in log.splitlines() if line.startswith("tick")] == [f"tick {i}" for i in range(5)]
+    assert [line for line in log.splitlines() if line.startswith("tick")] == [f"tick {i}" for i in range(5)], log
     assert slurm(ids[0], "State:|,Comment:|")[:2] == ["COMPLETED", f"hpco-{pod.metadata.uid}"]
 
 

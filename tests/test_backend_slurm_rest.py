@@ -58,6 +58,9 @@ def test_registered_and_capabilities_follow_the_profile(tmp_path):
     with_ssh = backend(tmp_path, host="login", port=22)
     assert Capability.STREAM_OUTPUT in with_ssh.capabilities and Capability.FILES in with_ssh.capabilities
     assert SlurmRestBackend.capabilities == Capability.NONE  # the class itself promises nothing
+    # what the relay's connector side asks before it has an instance
+    assert SlurmRestBackend.capabilities_for(Profile("slurm-rest", {"host": "login"})) == with_ssh.capabilities
+    assert SlurmRestBackend.capabilities_for(Profile("slurm-rest", {})) == Capability.NONE
 
 
 def test_a_rendered_script_has_no_sbatch_lines_and_makes_its_dir_without_ssh(tmp_path):

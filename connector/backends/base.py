@@ -188,6 +188,12 @@ class Backend(ABC):
     def find(self, request: JobRequest) -> JobHandle | None:
         """The job submitted earlier for this request (by its tag), if the manager knows it."""
 
+    @classmethod
+    def capabilities_for(cls, profile: Profile) -> Capability:
+        """What an instance for this profile can do, known without making one (the relay's
+        connector side asks). Fixed for most backends; slurm-rest's depend on SSH access."""
+        return cls.capabilities
+
     def render(self, request: JobRequest) -> str:
         """The script this backend would submit for the request (`hpc-offload render
         --scripts` shows it; rendering needs no connection)."""

@@ -234,7 +234,7 @@ class RelayBackend(Backend):
         self.client = client
         self.inner = inner
         self.type_name = inner.type_name  # type: ignore[misc]  # the state file names the manager
-        self.capabilities = inner.capabilities & ~Capability.FILES  # type: ignore[misc]
+        self.capabilities = inner.capabilities_for(profile) & ~Capability.FILES  # type: ignore[misc]
         self.period = period
         self._sid: str | None = None
         self._fingerprint: str | None = None  # of the profile the session was opened with

@@ -63,8 +63,7 @@ class SlurmRestBackend(ShellBackend):
     def __init__(self, profile: Any, runtime_dir: str | None = None) -> None:
         super().__init__(profile, runtime_dir)
         self.ssh = bool(profile.setting("host"))
-        if self.ssh:
-            self.capabilities = SSH_CAPABILITIES  # type: ignore[misc]
+        self.capabilities = self.capabilities_for(profile)  # type: ignore[misc]
         self.http = requests.Session()
         self.http_requests = 0
         self.tokens_minted = 0
@@ -73,6 +72,11 @@ class SlurmRestBackend(ShellBackend):
         self._listing: tuple[int, list[RestJob]] | None = None  # (last_update, jobs): v0.0.40+
         self._home: str | None = None
         self._positions: dict[str, tuple[float, int | None]] = {}  # job id -> (asked at, position)
+
+    @classmethod
+    def capabilities_for(cls, profile: Any) -> Capability:
+        """Output, files and shells need SSH access; REST alone gives none of them."""
+        return SSH_CAPABILITIES if profile.setting("host") else Capability.NONE
 
     # --- profile ----------------------------------------------------------------------------
 
