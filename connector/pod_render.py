@@ -30,6 +30,7 @@ from connector.render import (
     JobPaths,
     _directory,
     dead_mans_switch,
+    env_preamble,
     runtime_command,
     shell_join,
 )
@@ -177,15 +178,7 @@ def pod_payload_lines(spec: JobSpec, paths: JobPaths, env_names: Iterable[str] =
     who = f"{spec.pod.namespace}/{spec.pod.name}" if spec.pod.name else "a local run"
     lines = [f"# Rendered by hpc-offload for {who}: the whole pod ({len(spec.parts)} containers) "
              f"as one job; runtime: {runtime}."]
-    if env_file:
-        env = shlex.quote(paths.env_file)
-        lines += [
-            "# Environment values are in the 0600 env file beside this script, never here;",
-            "# it is removed as soon as it is read.",
-            f"if [ -r {env} ]; then . {env}; rm -f -- {env}; fi",
-        ]
-    else:
-        lines.append("# Environment values reach this job from the scheduler, never from this file.")
+    lines += env_preamble(paths, env_file)
     lines.append(f"hpco_dir={shlex.quote(paths.job_dir)}")
     if runtime == "charliecloud":
         lines += [

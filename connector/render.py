@@ -262,15 +262,7 @@ def payload_lines(
     runtime = spec.effective_runtime()
     who = f"{spec.pod.namespace}/{spec.pod.name}" if spec.pod.name else "a local run"
     lines = [f"# Rendered by hpc-offload for {who}; runtime: {runtime}."]
-    if env_file:
-        env = shlex.quote(paths.env_file)
-        lines += [
-            "# Environment values are in the 0600 env file beside this script, never here;",
-            "# it is removed as soon as it is read.",
-            f"if [ -r {env} ]; then . {env}; rm -f -- {env}; fi",
-        ]
-    else:
-        lines.append("# Environment values reach this job from the scheduler, never from this file.")
+    lines += env_preamble(paths, env_file)
     if runtime == "charliecloud":
         lines.append('export USER="${USER:-$(id -un)}"  # ch-run refuses to start without it')
     if runtime == "none" and spec.working_dir:
@@ -320,6 +312,19 @@ def dead_mans_switch(paths: JobPaths) -> list[str]:
         f"    : > {seen}",
         "  done",
         ") & hpco_watch=$!; fi",
+    ]
+
+
+def env_preamble(paths: JobPaths, env_file: bool) -> list[str]:
+    """Where the job's variables come from: a 0600 env file read and removed at once, or the
+    scheduler (never this script)."""
+    if not env_file:
+        return ["# Environment values reach this job from the scheduler, never from this file."]
+    env = shlex.quote(paths.env_file)
+    return [
+        "# Environment values are in the 0600 env file beside this script, never here;",
+        "# it is removed as soon as it is read.",
+        f"if [ -r {env} ]; then . {env}; rm -f -- {env}; fi",
     ]
 
 
