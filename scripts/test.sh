@@ -18,6 +18,7 @@ step "local Kubernetes cluster (first run builds it from the Go modules: ~6 min)
 hpc-offload e2e cluster up
 hpc-offload testbed up --listen 10.88.0.1   # pods reach the testbed at the bridge gateway
 hpc-offload e2e cluster load-image
+hpc-offload testbed clear   # no job left by an earlier run holds the node's CPUs
 
 step "tests"
 set +e

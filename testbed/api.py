@@ -248,3 +248,25 @@ def job_info(job_id: int) -> dict[str, str] | None:
 
 def queued_job_ids() -> set[int]:
     return slurm.queued_job_ids()
+
+
+def clear_queues(timeout: float = 60.0) -> int:
+    """Cancel every job the test user still has in SLURM and Grid Engine and wait until both
+    queues list none: a test run starts from an empty node, whatever an earlier run, a
+    benchmark or a killed connector left there (two CPUs held by leftovers block every test
+    job behind them). Returns how many jobs were cancelled."""
+    with _locked():
+        left = len(slurm.queued_job_ids()) + len(sge.job_ids())
+        if not left:
+            return 0
+        daemons.run(["scancel", "--user", layout.TEST_USER], timeout=30, check=False)
+        sge.qcmd("qdel", "-f", "-u", layout.TEST_USER, check=False)
+        deadline = time.monotonic() + timeout
+        while slurm.queued_job_ids() or sge.job_ids():
+            if time.monotonic() > deadline:
+                raise TestbedError(f"jobs still queued {timeout:.0f} s after cancelling them: "
+                                   f"SLURM {sorted(slurm.queued_job_ids())}, "
+                                   f"Grid Engine {sorted(sge.job_ids())}")
+            time.sleep(0.5)
+        log.info("cancelled %d leftover job(s) of %s", left, layout.TEST_USER)
+        return left

@@ -96,6 +96,20 @@ def down() -> None:
 
 
 @testbed.command()
+def clear() -> None:
+    """Cancel every job of the test user (SLURM and Grid Engine) and wait for empty queues.
+
+    The test command runs it first: jobs left by an earlier run or a benchmark would hold
+    the node's two CPUs and keep every test job pending behind them.
+    """
+    try:
+        cancelled = api.clear_queues()
+    except api.TestbedError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"cancelled {cancelled} job(s)" if cancelled else "queues empty")
+
+
+@testbed.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def status(as_json: bool) -> None:
     """Show each daemon (running or not, pid, addresses). Exit 0 if all run, else 1."""

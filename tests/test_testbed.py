@@ -239,3 +239,23 @@ def test_profile_refuses_an_address_not_served(tb):
     assert result.exit_code != 0
     assert "does not listen on 192.0.2.1" in result.output
     assert "PRIVATE KEY" not in result.output
+
+
+def test_clear_cancels_leftover_jobs_of_both_managers(tb, tmp_path):
+    """`testbed clear` (the test command's first step) leaves no job of the test user queued:
+    leftovers from a killed run held the node's two CPUs and kept every test job pending."""
+    from testbed import api, sge
+    from testbed.cli import testbed as cli
+
+    slurm_job = subprocess.run(["sbatch", "--parsable", "-p", tb.partition, f"--chdir={tb.workdir}",
+                                "--uid=hpcuser", "--wrap", "sleep 300"],
+                               capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    sge_job = subprocess.run(["runuser", "-u", "hpcuser", "--", str(sge.BIN / "qsub"), "-terse",
+                              "-o", "/dev/null", "-j", "y", "-b", "y", "sleep", "300"],
+                             cwd="/tmp", env=sge._env(), capture_output=True, text=True, check=True)
+    assert int(slurm_job) in api.queued_job_ids() and int(sge_job.stdout.strip()) in sge.job_ids()
+    result = CliRunner().invoke(cli, ["clear"])
+    assert result.exit_code == 0, result.output
+    assert "cancelled 2 job(s)" in result.output
+    assert not api.queued_job_ids() and not sge.job_ids()
+    assert CliRunner().invoke(cli, ["clear"]).output.strip() == "queues empty"
