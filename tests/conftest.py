@@ -71,9 +71,26 @@ class ConnectorRun:
                          daemon=True).start()
 
     def wait(self, timeout: float = 120) -> int:
-        code = self.proc.wait(timeout=timeout)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the connector still runs after {timeout:g} s; its log:\n{self.log}"
+                                 ) from None
         time.sleep(0.1)  # let the readers drain
         return code
+
+    def stop(self) -> None:
+        """End a connector a test left running as the kubelet would (SIGTERM: it cancels its
+        job and waits for the manager), so no job of a failed test holds the node's CPUs for
+        the tests after it; SIGKILL only if that hangs."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     def wait_for_stderr(self, text: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -129,9 +146,7 @@ def run_connector(tmp_path):
 
     yield launch
     for run in started:
-        if run.proc.poll() is None:
-            run.proc.kill()
-            run.proc.wait()
+        run.stop()
 
 
 def tempfile_dir(base: Path) -> str:
