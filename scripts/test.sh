@@ -20,13 +20,65 @@ hpc-offload testbed up --listen 10.88.0.1   # pods reach the testbed at the brid
 hpc-offload e2e cluster load-image
 hpc-offload testbed clear   # no job left by an earlier run holds the node's CPUs
 
+# pytest, whose "no tests collected" (5) is a failure here; its code in PYTEST_RC
+run_pytest() {
+  set +e
+  python -m pytest -ra --strict-markers -p no:cacheprovider "$@"
+  PYTEST_RC=$?
+  set -e
+  if [ "$PYTEST_RC" = 5 ]; then
+    echo "error: pytest collected no tests ($*); that is a failure here" >&2
+    PYTEST_RC=1
+  fi
+}
+
 step "tests"
-set +e
-python -m pytest -ra --strict-markers -p no:cacheprovider "$@"
-rc=$?
-set -e
-if [ "$rc" = 5 ]; then
-  echo "error: pytest collected no tests; that is a failure here" >&2
-  exit 1
+# With arguments (a selection of yours): one pytest run, as asked.
+if [ "$#" -gt 0 ]; then
+  run_pytest "$@"
+  exit "$PYTEST_RC"
 fi
+# Without: every test. Most of the suite waits on schedulers and pods, not on the CPU, so it
+# runs in lanes at once, each a pytest session of its own over its own files: the cluster
+# (e2e and the API-server tests), the managers' contract, and the rest. Tests that change the
+# testbed for everyone beside them (marker `exclusive`: they cut every SSH session, stop sshd
+# or Grid Engine, cancel every job) run first, alone.
+LOGS="$(mktemp -d "${TMPDIR:-/tmp}/hpc-offload-tests.XXXXXX")"
+run_pytest -m exclusive tests
+rc=$PYTEST_RC
+declare -A LANES=(
+  [cluster]="e2e tests/test_security_apiserver.py"
+  [contract]="tests/contract tests/test_whole_pod.py tests/test_relay.py tests/test_relay_orphans.py"
+)
+ignore=()
+for lane in "${!LANES[@]}"; do
+  for path in ${LANES[$lane]}; do
+    [[ $path == tests/* ]] && ignore+=("--ignore=$path")
+  done
+done
+LANES[rest]="tests ${ignore[*]}"
+declare -A PIDS=()
+for lane in cluster contract rest; do
+  # shellcheck disable=SC2086  # the lane's paths are words
+  (run_pytest -m "not exclusive" ${LANES[$lane]} >"$LOGS/$lane.log" 2>&1; echo "$PYTEST_RC" >"$LOGS/$lane.rc") &
+  PIDS[$lane]=$!
+done
+while [ "$(jobs -rp | wc -l)" -gt 0 ]; do  # a line a minute, so a long run shows it is alive
+  sleep 60
+  for lane in cluster contract rest; do
+    printf '[%s] %s\n' "$lane" "$(tail -c 300 "$LOGS/$lane.log" | tr '\r' '\n' | grep -v '^$' | tail -1)"
+  done
+done
+wait
+for lane in cluster contract rest; do
+  step "tests: lane $lane (${LANES[$lane]%% --ignore*})"
+  cat "$LOGS/$lane.log"
+  lane_rc="$(cat "$LOGS/$lane.rc")"
+  [ "$lane_rc" = 0 ] || rc=1
+done
+step "tests: summary"
+grep -hE '^(FAILED|ERROR) ' "$LOGS"/*.log || true
+for lane in cluster contract rest; do
+  printf '%-9s %s\n' "$lane" "$(grep -E '^=+ .*(passed|failed|error).* =+$' "$LOGS/$lane.log" | tail -1)"
+done
 exit "$rc"

@@ -36,6 +36,10 @@ SLURMCTLD_PORT = 6817
 SLURMD_PORT = 6818
 SLURMDBD_PORT = 6819
 PARTITION = "debug"
+# Job slots the testbed's node offers, in SLURM (CPUs) and Grid Engine (queue slots): more than
+# this machine's cores, because test jobs mostly sleep and the test command runs several test
+# sessions side by side (a 2-slot node kept one session's jobs pending behind another's).
+SLOTS = 8
 REST_API_VERSION = "v0.0.38"
 DEFAULT_ADDRESS = "127.0.0.1"
 # The bridge the local cluster creates (e2e/cluster/config.py BRIDGE_GATEWAY): its pods reach

@@ -118,7 +118,7 @@ def host_name() -> str:
 
 
 def slots() -> int:
-    return os.cpu_count() or 2
+    return layout.SLOTS
 
 
 def _env() -> dict[str, str]:

