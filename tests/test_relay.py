@@ -288,3 +288,30 @@ def test_a_rotated_secret_moves_the_job_to_a_session_with_the_new_key(relay, req
     finally:
         testbed.revoke_key(old_public)
         testbed.revoke_key(new_public)
+
+
+@pytest.mark.exclusive
+def test_sshd_restarted_under_the_relay_loses_nothing_and_submits_nothing_twice(relay, required, run_connector):
+    """sshd and every SSH session of the testbed are killed while three jobs run, then sshd
+    comes back: the relay reconnects and each connector follows its own job to its end."""
+    from testbed import api as testbed
+
+    runs = [start(run_connector, relay,
+                  bash(f"for j in $(seq 1 20); do echo s{i} line $j; sleep 1; done; exit {30 + i}"), required)
+            for i in range(3)]
+    deadline = time.monotonic() + 120
+    while not all(any(" line 2" in t for _, t in run.lines) for run in runs):  # all three run
+        assert time.monotonic() < deadline, [run.log for run in runs]
+        time.sleep(0.1)
+    seen = len(relay.log)
+    try:
+        assert testbed.break_ssh(listener_too=True) >= 2  # the listener and the relay's session
+        time.sleep(3)
+    finally:
+        testbed.ensure_up()  # sshd again, whatever happened
+    for i, run in enumerate(runs):
+        assert run.wait(240) == 30 + i, (run.log, relay.log[seen:][-3000:])
+        assert run.stdout == "".join(f"s{i} line {j}\n" for j in range(1, 21)), run.log
+        assert run.log.count("submitted HPC job") == 1, run.log
+        assert _slurm_jobs_tagged(f"hpco-{run.uid}") == [run.job_id]
+    assert "contact with the HPC side restored" in relay.log[seen:], relay.log[seen:][-3000:]

@@ -104,8 +104,11 @@ def exclude_namespace(kubectl: Any, namespace: str, ours: str, names: list[str] 
                       undo: bool = False) -> list[str]:
     """Keep (or stop keeping) the test's namespace out of every other hpc-offload webhook on
     the cluster (the e2e suite's install, a Helm release): two of them on one pod reinvoke
-    each other, and a stale install without ready pods refuses every annotated pod."""
+    each other, and a stale install without ready pods refuses every annotated pod. A JSON
+    patch, not a replace: `kubectl replace` would rewrite the last-applied annotation with
+    server fields and break the next `kubectl apply -k` of the install."""
     listed = json.loads(kubectl("get", "mutatingwebhookconfigurations", "-o", "json").stdout)
+    marker = {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [namespace]}
     done = []
     for mwc in listed["items"]:
         name = mwc["metadata"]["name"]
@@ -113,15 +116,25 @@ def exclude_namespace(kubectl: Any, namespace: str, ours: str, names: list[str] 
             continue
         if not any(hook["name"].endswith(".hpc-offload.io") for hook in mwc["webhooks"]):
             continue
-        marker = {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [namespace]}
-        for hook in mwc["webhooks"]:
-            expressions = hook.setdefault("namespaceSelector", {}).setdefault("matchExpressions", [])
+        ops: list[dict[str, Any]] = []
+        for i, hook in enumerate(mwc["webhooks"]):
+            selector = hook.get("namespaceSelector") or {}
+            expressions = selector.get("matchExpressions") or []
             if undo:
-                expressions[:] = [e for e in expressions if e != marker]
-            elif marker not in expressions:
-                expressions.append(marker)
-        replaced = kubectl("replace", "-f", "-", stdin=json.dumps(mwc), check=False)
-        assert undo or replaced.returncode == 0, replaced.stderr
+                ops += [op for j, e in reversed(list(enumerate(expressions))) if e == marker
+                        for op in ({"op": "test", "path": f"/webhooks/{i}/namespaceSelector/matchExpressions/{j}",
+                                    "value": marker},
+                                   {"op": "remove", "path": f"/webhooks/{i}/namespaceSelector/matchExpressions/{j}"})]
+            elif "matchExpressions" in selector:
+                ops.append({"op": "add", "path": f"/webhooks/{i}/namespaceSelector/matchExpressions/-",
+                            "value": marker})
+            else:
+                ops.append({"op": "add", "path": f"/webhooks/{i}/namespaceSelector",
+                            "value": {**selector, "matchExpressions": [marker]}})
+        if ops:
+            patched = kubectl("patch", "mutatingwebhookconfiguration", name, "--type=json",
+                              "-p", json.dumps(ops), check=False)
+            assert undo or patched.returncode == 0, patched.stderr
         done.append(name)
     return done
 
