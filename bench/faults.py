@@ -317,13 +317,17 @@ def main() -> None:
         raise SystemExit("bench/faults.py needs root (the testbed, its sshd)")
     if min(args.jobs, args.connectors, args.seconds) < 1 or args.kills < 0:
         raise SystemExit("bench/faults.py: --jobs, --connectors and --seconds must be at least 1, --kills at least 0")
+    # a SIGTERM (timeout, a stopped CI job) unwinds as an exception: every connector still
+    # running is stopped (it cancels its job), and so is the relay
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     bench = Bench(args)
-    timeout = args.seconds + 900.0
+    timeout = args.seconds + 600.0
     rows = []
     with oversubscribed(args.oversubscribe):
         bench.relay.start()
         try:
             for name, pods in bench.pods.items():
+                fault: Callable[[list[Pod]], str]
                 if name == "relay":
                     fault = bench.restart_relay
                 elif name == "sshd":
@@ -335,7 +339,8 @@ def main() -> None:
                 finally:
                     for pod in pods:
                         pod.stop()
-                print(table(rows[-1:], args.seconds), flush=True)
+                if len(bench.pods) > 1:  # each scenario's row as soon as it is known
+                    print(table(rows[-1:], args.seconds), flush=True)
         finally:
             bench.relay.stop()
     print()
