@@ -63,6 +63,7 @@ class Pod:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     ended_at: float | None = None
+    stopped: bool = False  # the bench had to stop it: it did not end by itself
 
     @property
     def tag(self) -> str:
@@ -118,6 +119,7 @@ class Pod:
         """A connector still running at the end: SIGTERM (it cancels its job), SIGKILL if stuck."""
         if self.proc is None or self.proc.poll() is not None:
             return
+        self.stopped = True
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=60)
@@ -215,12 +217,12 @@ class Bench:
     def count(self, name: str, pods: list[Pod], started: float, note: str) -> Row:
         tagged = jobs_by_tag()
         duplicates = lost = lines_lost = lines_doubled = 0
-        ends = [pod.ended_at for pod in pods]
+        ends = [None if pod.stopped else pod.ended_at for pod in pods]
         for pod in pods:
             jobs = jobs_of(pod, tagged)
             duplicates += max(0, len(jobs) - 1)
             code = pod.proc.returncode if pod.proc is not None else None
-            wrong = code != pod.code or pod.ended_at is None or not jobs
+            wrong = code != pod.code or pod.stopped or pod.ended_at is None or not jobs
             if wrong:
                 lost += 1
                 if lost <= 3:
@@ -236,10 +238,11 @@ class Bench:
     # --- the faults ---------------------------------------------------------------------------
 
     def restart_relay(self, pods: list[Pod]) -> str:
+        running = self.running(pods)
         self.relay.kill()
         time.sleep(2)
         self.relay.start()
-        return f"relay SIGKILLed and started again ({self.running(pods)} jobs running at the kill)"
+        return f"relay SIGKILLed and started again 2 s later ({running} jobs running)"
 
     def restart_sshd(self, down: float) -> Callable[[list[Pod]], str]:
         def fault(pods: list[Pod]) -> str:
