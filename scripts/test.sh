@@ -39,46 +39,45 @@ if [ "$#" -gt 0 ]; then
   exit "$PYTEST_RC"
 fi
 # Without: every test. Most of the suite waits on schedulers and pods, not on the CPU, so it
-# runs in lanes at once, each a pytest session of its own over its own files: the cluster
-# (e2e and the API-server tests), the managers' contract, and the rest. Tests that change the
-# testbed for everyone beside them (marker `exclusive`: they cut every SSH session, stop sshd
-# or Grid Engine, cancel every job) run first, alone.
+# runs in lanes at once, each a pytest session of its own over its own tests: the cluster (e2e
+# and the API-server tests), the managers' contract in two halves, relay and whole pods, and
+# the rest. Tests that change the testbed for everyone beside them (marker `exclusive`: they
+# cut every SSH session, stop sshd or Grid Engine, cancel every job) run first, alone.
 LOGS="$(mktemp -d "${TMPDIR:-/tmp}/hpc-offload-tests.XXXXXX")"
 run_pytest -m exclusive tests
 rc=$PYTEST_RC
-declare -A LANES=(
-  [cluster]="e2e tests/test_security_apiserver.py"
-  [contract]="tests/contract tests/test_whole_pod.py tests/test_relay.py tests/test_relay_orphans.py"
-)
-ignore=()
-for lane in "${!LANES[@]}"; do
-  for path in ${LANES[$lane]}; do
-    [[ $path == tests/* ]] && ignore+=("--ignore=$path")
-  done
-done
-LANES[rest]="tests ${ignore[*]}"
-declare -A PIDS=()
-for lane in cluster contract rest; do
-  # shellcheck disable=SC2086  # the lane's paths are words
-  (run_pytest -m "not exclusive" ${LANES[$lane]} >"$LOGS/$lane.log" 2>&1; echo "$PYTEST_RC" >"$LOGS/$lane.rc") &
-  PIDS[$lane]=$!
+OWN=(tests/test_security_apiserver.py tests/contract tests/test_relay.py tests/test_relay_orphans.py
+     tests/test_whole_pod.py)
+lane_args() {  # the pytest arguments of lane $1, in LANE
+  case "$1" in
+    cluster)  LANE=(e2e tests/test_security_apiserver.py) ;;
+    contract-ssh) LANE=(tests/contract -k ssh) ;;  # targets over SSH ...
+    contract-other) LANE=(tests/contract -k "not ssh") ;;  # ... and the local, REST ones
+    relay-wholepod) LANE=(tests/test_relay.py tests/test_relay_orphans.py tests/test_whole_pod.py) ;;
+    rest) LANE=(tests "${OWN[@]/#/--ignore=}") ;;
+  esac
+}
+NAMES=(cluster contract-ssh contract-other relay-wholepod rest)
+for lane in "${NAMES[@]}"; do
+  lane_args "$lane"
+  (run_pytest -m "not exclusive" "${LANE[@]}" >"$LOGS/$lane.log" 2>&1; echo "$PYTEST_RC" >"$LOGS/$lane.rc") &
 done
 while [ "$(jobs -rp | wc -l)" -gt 0 ]; do  # a line a minute, so a long run shows it is alive
   sleep 60
-  for lane in cluster contract rest; do
+  for lane in "${NAMES[@]}"; do
     printf '[%s] %s\n' "$lane" "$(tail -c 300 "$LOGS/$lane.log" | tr '\r' '\n' | grep -v '^$' | tail -1)"
   done
 done
 wait
-for lane in cluster contract rest; do
-  step "tests: lane $lane (${LANES[$lane]%% --ignore*})"
+for lane in "${NAMES[@]}"; do
+  lane_args "$lane"
+  step "tests: lane $lane (${LANE[*]})"
   cat "$LOGS/$lane.log"
-  lane_rc="$(cat "$LOGS/$lane.rc")"
-  [ "$lane_rc" = 0 ] || rc=1
+  [ "$(cat "$LOGS/$lane.rc")" = 0 ] || rc=1
 done
 step "tests: summary"
 grep -hE '^(FAILED|ERROR) ' "$LOGS"/*.log || true
-for lane in cluster contract rest; do
-  printf '%-9s %s\n' "$lane" "$(grep -E '^=+ .*(passed|failed|error).* =+$' "$LOGS/$lane.log" | tail -1)"
+for lane in "${NAMES[@]}"; do
+  printf '%-15s %s\n' "$lane" "$(grep -E '^=+ .*(passed|failed|error).* =+$' "$LOGS/$lane.log" | tail -1)"
 done
 exit "$rc"

@@ -195,11 +195,13 @@ def test_a_requeued_job_is_followed_to_its_real_end_without_printing_twice(profi
     subprocess.run(["scontrol", "requeue", run.job_id], check=True)
     release.touch()
     # SLURM makes a requeued job eligible two minutes after it left the node; an admin may
-    # start it at once (once it is pending again: earlier, the requeue resets the time)
+    # start it at once, once it is pending again (earlier, the requeue resets the time) and the
+    # first run's step daemon is gone (its processes get KillWait to end)
     deadline = time.monotonic() + 60
-    while subprocess.run(["squeue", "-h", "-j", run.job_id, "-o", "%r"],
-                         capture_output=True, text=True).stdout.strip() != "BeginTime":
-        assert time.monotonic() < deadline, "the requeued job never waited for its begin time"
+    while (subprocess.run(["squeue", "-h", "-j", run.job_id, "-o", "%r"],
+                          capture_output=True, text=True).stdout.strip() != "BeginTime"
+           or subprocess.run(["pgrep", "-f", rf"^slurmstepd: \[{run.job_id}\."]).returncode == 0):
+        assert time.monotonic() < deadline, "the requeued job's first run never ended"
         time.sleep(0.2)
     subprocess.run(["scontrol", "update", f"jobid={run.job_id}", "StartTime=now"], check=True)
     try:
