@@ -196,7 +196,9 @@ def test_a_requeued_job_is_followed_to_its_real_end_without_printing_twice(profi
     release.touch()
     # SLURM makes a requeued job eligible two minutes after it left the node; an admin may
     # start it at once, once it is pending again (earlier, the requeue resets the time) and the
-    # first run's step daemon is gone (its processes get KillWait to end)
+    # first run's step daemon is gone (its processes get KillWait to end); and once the pod
+    # has said so (the connector samples the state once per monitoring period)
+    run.wait_for_stderr("requeued", timeout=60)
     deadline = time.monotonic() + 60
     while (subprocess.run(["squeue", "-h", "-j", run.job_id, "-o", "%r"],
                           capture_output=True, text=True).stdout.strip() != "BeginTime"
