@@ -2,7 +2,8 @@
 
     python bench/connector.py [--repeat N]
 
-Measures, for slurm-ssh and slurm-local, each against a baseline run in the same process:
+Measures, for slurm-ssh and slurm-local, each against a baseline run in the same process
+(and, with `--rest`, the three latencies of slurm-rest, whose baseline is not a shell command):
   * start → sbatch accepted         baseline: one bare `sbatch` (ssh: connect + sbatch, paramiko)
   * job end → connector exit        baseline: the paper's mode (verbatim script, end seen only at
                                     the monitoring period of 2 s)
@@ -266,6 +267,7 @@ def row(name: str, value: float, base: float, unit: str, target: str = "") -> st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument("--rest", action="store_true", help="also slurm-rest (slurmrestd + JWT)")
     args = parser.parse_args()
     from testbed import api, profile
 
@@ -300,6 +302,15 @@ def main() -> None:
             f"| {label}: slurmctld calls / {PERIOD:g} s period | {calls:.2f} | – | – | |",
             f"| {label}: SSH round trips / {PERIOD:g} s period | {trips:.2f} | – | – | |",
         ]
+    if args.rest:
+        pdir = Path(tempfile.mkdtemp(prefix="bench-slurm-rest-"))
+        profile.write_dir(pdir, "slurm-rest", "127.0.0.1")
+        measures = (("start → /job/submit answered", lambda: submit_latency(pdir)[0]),
+                    ("job end → connector exit", lambda: end_to_exit(pdir)),
+                    ("SIGINT → gone from squeue", lambda: cancel_latency(pdir)))
+        for name, measure in measures:
+            value = statistics.median(measure() for _ in range(args.repeat))
+            lines.append(f"| slurm-rest: {name} | {value:.3f} s | – | – | |")
     print("\n".join(lines))
 
 
