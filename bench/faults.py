@@ -197,9 +197,9 @@ class Bench:
         for pod in pods:
             self.launch(pod)
         names = {pod.tag for pod in pods}
-        if wait_running:
+        if wait_running:  # every job running (one that already ended cannot be hit any more)
             until(f"{len(pods)} jobs running", lambda: list(slurm_jobs(names).values()).count("RUNNING")
-                  == len(pods), 600, every=1, fatal=False)
+                  + sum(not pod.alive() for pod in pods) >= len(pods), 600, every=1, fatal=False)
             time.sleep(2)  # each has printed a line or two
         note = fault(pods)
         print(f"bench: {name}: {note}; waiting for every connector to end…", flush=True)
