@@ -17,12 +17,23 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from e2e.kube import Kubectl
-from e2e.test_offload import pod_log, pod_manifest, slurm_state
+from e2e.test_offload import pod_manifest, slurm_state
 from e2e.waiting import wait
 
 pytestmark = pytest.mark.e2e
+
+
+def log_so_far(core: client.CoreV1Api, namespace: str, name: str) -> str:
+    """The pod's log, empty while the API server has none yet (just created, or creating)."""
+    try:
+        return core.read_namespaced_pod_log(name, namespace)
+    except ApiException as exc:
+        if exc.status in (400, 404):
+            return ""
+        raise
 
 
 def ready_and_status(kubectl: Kubectl, namespace: str, name: str) -> tuple[str, str, str]:
@@ -47,7 +58,7 @@ def test_kubectl_get_pods_reads_0_of_1_while_queued_and_1_of_1_while_running(
         manifest = pod_manifest("queued", ["bash", "-c", f"echo started; while [ ! -e {finish} ]; do sleep 0.5; done"])
         core.create_namespaced_pod(hpc_ns, manifest)
         wait("the connector to say the job is pending",
-             lambda: "pending" in pod_log(core, "queued", hpc_ns), timeout=180)
+             lambda: "pending" in log_so_far(core, hpc_ns, "queued"), timeout=180)
         # several probe periods (5 s) while the job waits: never Ready
         for _ in range(3):
             time.sleep(5)
