@@ -286,7 +286,7 @@ def storm(cluster: Cluster, ns: str, count: int, result: ModeResult, measure_win
         procs = pod_processes(set(pods.values()))
         result.pss_mib = round(sum(pss_kb(pid) for pids in procs.values() for pid in pids) / 1024, 1)
         connectors = [rss_kb(pid) for pids in procs.values() for pid in pids
-                      if b"connector.cli" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+                      if b"connector.cli" in _cmdline(str(pid))]  # a process may have ended since
         result.rss_connector_mib = round(statistics.mean(connectors) / 1024, 1) if connectors else 0.0
     cluster.delete_all(ns)
     gone = until("the jobs to leave the queue", lambda: not slurm_jobs(names), 900, fatal=False)
