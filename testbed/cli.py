@@ -12,6 +12,7 @@ import click
 from . import api
 from . import listen as listen_mod
 from . import profile as profile_mod
+from .daemons import DaemonError
 
 log = logging.getLogger("testbed")
 
@@ -104,7 +105,7 @@ def clear() -> None:
     """
     try:
         cancelled = api.clear_queues()
-    except api.TestbedError as exc:
+    except (api.TestbedError, DaemonError) as exc:  # a manager not answering: say which
         raise click.ClickException(str(exc)) from None
     click.echo(f"cancelled {cancelled} job(s)" if cancelled else "queues empty")
 

@@ -259,3 +259,19 @@ def test_clear_cancels_leftover_jobs_of_both_managers(tb, tmp_path):
     assert said and int(said.group(1)) >= 2, result.output  # and whatever else the user had
     assert not api.queued_job_ids() and not sge.job_ids()
     assert CliRunner().invoke(cli, ["clear"]).output.strip() == "queues empty"
+
+
+def test_clear_says_which_manager_did_not_answer(monkeypatch):
+    """A controller that does not answer is one clear line from `testbed clear`, not a traceback."""
+    from testbed import api
+    from testbed.cli import testbed as cli
+    from testbed.daemons import DaemonError
+
+    def down() -> int:
+        raise DaemonError("'squeue -a -h' failed (exit 1): Unable to contact slurm controller")
+
+    monkeypatch.setattr(api, "clear_queues", down)
+    result = CliRunner().invoke(cli, ["clear"])
+    assert result.exit_code == 1
+    assert "Error: 'squeue -a -h' failed (exit 1): Unable to contact slurm controller" in result.output
+    assert "Traceback" not in result.output
