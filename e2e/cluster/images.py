@@ -341,7 +341,11 @@ def _reclaim(current: Path, progress: Progress) -> None:
             old.unlink(missing_ok=True)
     if shutil.disk_usage(BUILDAH_ROOT.parent).free < MIN_FREE_BYTES:
         progress("images: disk low; removing untagged images from the build store")
-        buildah("rmi", "--prune")
+        try:  # best effort: the image is built; an image still in use stays for a later prune
+            buildah("rmi", "--prune")
+        except subprocess.CalledProcessError as exc:
+            said = (exc.stderr or "").strip().splitlines()[-1:] or [f"exit {exc.returncode}"]
+            progress(f"images: could not remove every untagged image ({said[0]}); going on")
 
 
 def load_project_image(paths: Paths, context: Path = REPO_ROOT, progress: Progress = print, force: bool = False) -> str:
