@@ -260,9 +260,15 @@ def clear_queues(timeout: float = 60.0) -> int:
         if not left:
             return 0
         daemons.run(["scancel", "--user", layout.TEST_USER], timeout=30, check=False)
-        sge.qcmd("qdel", "-f", "-u", layout.TEST_USER, check=False)
+        # a plain qdel: execd ends the job and reports it (`-f` only for what is left: it makes
+        # qmaster forget a job that execd may still hold and report after its next restart)
+        sge.qcmd("qdel", "-u", layout.TEST_USER, check=False)
         deadline = time.monotonic() + timeout
+        forced = False
         while slurm.queued_job_ids() or sge.job_ids():
+            if not forced and time.monotonic() > deadline - timeout / 2 and sge.job_ids():
+                sge.qcmd("qdel", "-f", "-u", layout.TEST_USER, check=False)
+                forced = True
             if time.monotonic() > deadline:
                 raise TestbedError(f"jobs still queued {timeout:.0f} s after cancelling them: "
                                    f"SLURM {sorted(slurm.queued_job_ids())}, "
