@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 def log_so_far(core: client.CoreV1Api, namespace: str, name: str) -> str:
     """The pod's log, empty while the API server has none yet (just created, or creating)."""
     try:
-        return core.read_namespaced_pod_log(name, namespace)
+        return core.read_namespaced_pod_log(name, namespace) or ""  # None while empty
     except ApiException as exc:
         if exc.status in (400, 404):
             return ""
