@@ -5,6 +5,16 @@
 # local Debian bookworm image (`hpc-offload e2e cluster load-image`); elsewhere the default
 # public image is used.
 ARG BASE_IMAGE=python:3.11-slim
+# GO_IMAGE builds the lean follower (follower/, standard library only: no module download).
+# The e2e cluster passes its local Debian image with the host's Go mounted at /usr/local/go.
+ARG GO_IMAGE=golang:1.24-bookworm
+
+FROM ${GO_IMAGE} AS follower
+ARG GOCACHE_DIR=/tmp/go-cache
+WORKDIR /src
+COPY follower/ ./
+RUN PATH="/usr/local/go/bin:$PATH" CGO_ENABLED=0 GOTOOLCHAIN=local GOPROXY=off GOFLAGS= GOCACHE="$GOCACHE_DIR" \
+    go build -trimpath -ldflags="-s -w" -o /out/hpc-offload-follow .
 
 FROM ${BASE_IMAGE} AS builder
 # pip settings a build host may pass in (e.g. a CA bundle for a TLS-intercepting proxy)
@@ -43,6 +53,8 @@ RUN (getent group hpc || groupadd --system --gid 10001 hpc) \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/hpc --create-home \
         --shell /usr/sbin/nologin hpc
 COPY --from=builder /opt/hpc-offload /opt/hpc-offload
+# relay mode: the connector hands a followed job to this ~8 MiB program (docs/relay.md)
+COPY --from=follower /out/hpc-offload-follow /opt/hpc-offload/bin/hpc-offload-follow
 # Runs `args` given alone: connector arguments (the paper's Fig. 3 Job) go to hpc-connector,
 # a program name (`hpc-offload serve`) runs as given; a pod's `command` replaces it.
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/hpc-offload-entrypoint

@@ -97,8 +97,14 @@ def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
             environ=environ, err=sys.stderr.buffer, ready=ReadyPort(ready_port), part=part, leader=leader,
             shared_dir=shared_dir, volumes_dir=volumes_dir)
     else:
+        from connector.follower import Handoff
+
+        handoff = Handoff.configure(profile.setting("lean_follower", True), state_dir, ready_port, spec.logs)
+        if handoff is not None:
+            handoff.resume(backend)
         connector = Connector(spec, backend, StateStore(state_dir), timing, sys.stdout.buffer, termination_log,
-                              environ=environ, err=sys.stderr.buffer, ready=ReadyPort(ready_port))
+                              environ=environ, err=sys.stderr.buffer, ready=ReadyPort(ready_port),
+                              handoff=handoff)
     connector.install_signal_handlers()
     code = connector.run()
     # The end is reported: a stop arriving now (a whole pod's sidecar is stopped by the kubelet

@@ -26,6 +26,7 @@ from connector import outcome as outcomes
 from connector import record as records
 from connector.backends.base import Backend, Capability, JobHandle, JobRequest, JobState, JobStatus
 from connector.errors import AuthError, ConnectorError, SpecError, TransientError, UnreachableError
+from connector.follower import Handoff
 from connector.readiness import ReadyPort
 from connector.spec import DEFAULT_POLL_INTERVAL, JobSpec
 from connector.staging import stage_in, stage_out
@@ -124,6 +125,7 @@ class Connector:
         environ: Mapping[str, str] | None = None,
         err: BinaryIO | None = None,
         ready: ReadyPort | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -143,6 +145,10 @@ class Connector:
         self._backoff = 1.0
         self.polls = 0
         self.stderr_tail: deque[bytes] = deque(maxlen=TAIL_LINES)
+        self.handoff = handoff  # relay mode: the lean follower takes over the steady state
+        if handoff is not None:
+            self.stderr_tail.extend(handoff.take_tail())
+            self.signum = handoff.cancel  # it sent the cancel; the end is waited for here
         caps = backend.capabilities
         self.logs = "stream" if spec.logs == "job-only" else spec.logs  # what the backend allows
         if self.logs == "stream" and Capability.STREAM_OUTPUT not in caps:
@@ -220,7 +226,8 @@ class Connector:
         saved = self.state.load()
         run = 0
         if saved is not None and not saved.ended:
-            log.info("reattaching to HPC job %s (state file)", saved.job_id)
+            resumed = self.handoff is not None and self.handoff.returned is not None
+            (log.debug if resumed else log.info)("reattaching to HPC job %s (state file)", saved.job_id)
             return saved
         if saved is not None:  # the container restarted after its job ended: run it again
             run = saved.run + 1
@@ -267,7 +274,7 @@ class Connector:
     def _follow(self) -> outcomes.Outcome:
         assert self.record is not None
         last_query = 0.0
-        last_status: JobStatus | None = None
+        last_status = self.handoff.last_status(self.record.job_id) if self.handoff else None
         imminent_until = 0.0
         payload_exit: int | None = None
         ticking = Capability.STREAM_OUTPUT in self.backend.capabilities
@@ -296,6 +303,9 @@ class Connector:
                     end = self._end(status, payload_exit)
                     if end is not None:
                         return self._finish(end)
+                    if (self.handoff is not None and payload_exit is None and now >= imminent_until
+                            and self._outage_since is None and self.logs == "stream" and self.signum is None):
+                        self.handoff.offer(self.backend, self.record, status)  # returns only if it cannot
             if printed and last_status is not None and last_status.state is JobState.PENDING:
                 last_query = 0.0  # output while we thought it pending: it runs; ask now
             wait = self.timing.fast if now < imminent_until else self.timing.tick

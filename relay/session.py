@@ -35,6 +35,7 @@ from relay.batching import find_many
 
 log = logging.getLogger("hpc-offload.relay")
 T = TypeVar("T")
+SLOW_TICK = 3.0  # seconds: a tick this long is logged with where its time went
 
 @dataclass(frozen=True)
 class Settings:
@@ -311,11 +312,16 @@ class Session:
             for job in jobs:
                 if job.waiter is not None:
                     job.last_seen = now
-        self._send_cancels(jobs, now)
-        self._ask_statuses(jobs, now)
-        self._read(jobs, now)
+        phases = []
+        for name, step in (("cancel", self._send_cancels), ("status", self._ask_statuses), ("read", self._read)):
+            started = time.monotonic()
+            step(jobs, now)
+            phases.append((name, time.monotonic() - started))
         self._answer(jobs)
         self._orphans(jobs, now)
+        if sum(t for _, t in phases) > SLOW_TICK:  # what delays every connector's news: say where
+            log.info("session %s: slow tick over %d jobs: %s", self.key[:8], len(jobs),
+                     ", ".join(f"{name} {t:.1f}s" for name, t in phases))
 
     def _fault(self, what: str, exc: ConnectorError | None) -> None:
         if exc is None:

@@ -34,4 +34,17 @@ ensure_python() {
   step "installing hpc-offload (editable) and its test tools"
   "$VENV/bin/pip" install -q -e "$REPO[test]"
   export PATH="$VENV/bin:$PATH"
+  build_follower
+}
+
+build_follower() {
+  # the lean follower (follower/, Go standard library only) beside the venv's python, where
+  # the connector looks for it; without Go the connector follows relay jobs itself
+  local go="${HPC_OFFLOAD_GO:-/usr/local/go/bin/go}"
+  if [ ! -x "$go" ]; then
+    echo "note: no Go at $go: relay-mode connectors on this host follow jobs in Python" >&2
+    return 0
+  fi
+  (cd "$REPO/follower" && CGO_ENABLED=0 GOTOOLCHAIN=local GOPROXY=off GOFLAGS= \
+    "$go" build -trimpath -ldflags="-s -w" -o "$VENV/bin/hpc-offload-follow" .)
 }

@@ -85,6 +85,7 @@ class RelayClient:
             raise ProfileError(f"relay URL {url!r} is not https://HOST[:PORT]")
         self.host, self.port = parts.hostname, parts.port or 443
         self.prefix = parts.path.rstrip("/")
+        self.url = url.rstrip("/")
         self.context = ssl.create_default_context()
         if ca_pem or ca_file:
             self.context = ssl.create_default_context(cafile=ca_file, cadata=ca_pem)
@@ -273,8 +274,9 @@ class RelayBackend(Backend):
                                                   "files": {k: b64(v) for k, v in files.items()}})
         self._sid = str(answer["session"])
         self._fingerprint = fingerprint(files)
-        log.info("following HPC jobs through the relay (%s:%d, session %s)", self.client.host,
-                 self.client.port, self._sid[:8])
+        resumed = bool(os.environ.get("HPC_OFFLOAD_FOLLOWER_HANDOFFS"))  # again, after the lean follower
+        (log.debug if resumed else log.info)("following HPC jobs through the relay (%s:%d, session %s)",
+                                             self.client.host, self.client.port, self._sid[:8])
         return self._sid
 
     def _post(self, path: str, body: Mapping[str, Any], timeout: float = 120.0,
@@ -365,6 +367,13 @@ class RelayBackend(Backend):
                 with contextlib.suppress(_NoSession, _NoJob):
                     self.client.post(f"/v1/session/{old}/job/{key}/release", {"cleanup": False}, 30.0)
             self._leaving.discard(old)
+
+    def move_from_session(self, sid: str) -> None:
+        """The lean follower saw the profile change while it followed the job in session `sid`:
+        the next call moves the job to a session opened with the profile as it is now."""
+        log.info("the profile changed (a rotated Secret?): reconnected to the HPC side through a "
+                 "new relay session with it")
+        self._leaving.add(sid)
 
     def adopt(self, handle: JobHandle) -> None:
         """A job this connector followed before (its state file): registered on first use."""
@@ -476,6 +485,16 @@ class RelayBackend(Backend):
     def cleanup(self, handle: JobHandle) -> None:
         self.adopt(handle)
         self._post("/release", {}, timeout=60.0, job_id=handle.key)
+
+    def lean_plan(self, handle: JobHandle) -> dict[str, Any] | None:
+        """What the lean follower (connector/follower.py) needs to go on with this job: only
+        while the session is settled (no rotation under way, no fault, no cancel)."""
+        cached = self._status.get(handle.job_id)
+        if (self._sid is None or self._leaving or self._fault or self._cancelling or cached is None
+                or self._keys.get(handle.job_id) != handle.key):
+            return None
+        return {"url": self.client.url, "session": self._sid, "key": handle.key, "version": cached[2],
+                "profile": str(self.profile.secret_dir or ""), "fingerprint": self._fingerprint or ""}
 
     def stats(self) -> dict[str, int]:
         return {"relay_requests": self.client.requests}
@@ -590,6 +609,12 @@ class FallbackBackend(Backend):
 
     def where(self, handle: JobHandle) -> str:
         return self.relay.where(handle)
+
+    def lean_plan(self, handle: JobHandle) -> dict[str, Any] | None:
+        return self.relay.lean_plan(handle) if self._on_relay else None
+
+    def move_from_session(self, sid: str) -> None:
+        self.relay.move_from_session(sid)
 
     def stats(self) -> dict[str, int]:
         direct = self._direct.stats() if self._direct is not None else {}

@@ -272,6 +272,18 @@ def _host_pip_build_args() -> list[str]:
     return args
 
 
+def _go_build_args(base: str) -> list[str]:
+    """The follower's build stage on the local base image, with this host's Go and its build
+    cache mounted (no registry here for the golang image the Dockerfile names by default)."""
+    from e2e.cluster.build import GO
+
+    goroot = GO.parent.parent
+    cache = CACHE_DIR / "go-build"
+    cache.mkdir(parents=True, exist_ok=True)
+    return ["--build-arg", f"GO_IMAGE={base}", "--volume", f"{goroot}:/usr/local/go:ro",
+            "--volume", f"{cache}:/go-cache", "--build-arg", "GOCACHE_DIR=/go-cache"]
+
+
 def build_project_image(
     paths: Paths, context: Path = REPO_ROOT, progress: Progress = print, force: bool = False
 ) -> Path:
@@ -318,6 +330,7 @@ def _bud(context: Path, base: str, log: Path) -> None:
         "--build-arg",
         f"BASE_IMAGE={base}",
         *_host_pip_build_args(),
+        *_go_build_args(base),
         "-f",
         str(context / "Dockerfile"),
         "-t",

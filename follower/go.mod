@@ -1,0 +1,3 @@
+module hpc-offload/follower
+
+go 1.22
