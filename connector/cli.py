@@ -99,7 +99,8 @@ def _run_connector(spec: JobSpec, profile: Profile, state_dir: str | None,
     else:
         from connector.follower import Handoff
 
-        handoff = Handoff.configure(profile.setting("lean_follower", True), state_dir, ready_port, spec.logs)
+        handoff = Handoff.configure(profile.setting("lean_follower", True), state_dir, ready_port, spec.logs,
+                                    termination_log)
         if handoff is not None:
             handoff.resume(backend)
         connector = Connector(spec, backend, StateStore(state_dir), timing, sys.stdout.buffer, termination_log,

@@ -9,8 +9,10 @@ anything; the follower about 8, with no SSH client and no interpreter (docs/rela
 Whatever needs the connector's judgement comes back to it by exec, with the reason in the
 environment: the job's end or end marker (the outcome, the termination message), a fault on
 the HPC side or an unexpected answer (backoff, the direct path of `relay: preferred`), a
-rotated profile (a new session), a signal (the follower sends the cancel first, so a deleted
-pod's job leaves the queue at once; the connector waits for its end). The connector reattaches
+rotated profile (a new session). A signal is the follower's own: it sends the cancel at once,
+waits for the relay to see the job cancelled, prints its last output and writes the pod's end
+as the connector would (a hundred pods deleted together start no interpreter); any other turn
+(the job ended on its own meanwhile, no answer) goes back to the connector. It reattaches
 from its state file, as after a container restart, so nothing is submitted twice and no line
 is printed twice.
 """
@@ -57,6 +59,7 @@ class Handoff:
     ready_port: int | None
     records: bool
     quiet: bool
+    termination_log: str | None = None  # the follower ends a cancelled job's pod itself
     returned: str | None = None  # why the follower handed the job back to this process
     session: str = ""  # the relay session the follower used
     cancel: int | None = None  # the signal the follower got
@@ -65,7 +68,7 @@ class Handoff:
 
     @classmethod
     def configure(cls, setting: Any, state_dir: str | None, ready_port: int | None,
-                  logs: str) -> Handoff | None:
+                  logs: str, termination_log: str | None = None) -> Handoff | None:
         """None when the profile says `lean_follower: false`, no follower is installed, or
         there is no state directory to reattach from."""
         if str(setting).strip().lower() in OFF or not state_dir:
@@ -76,6 +79,7 @@ class Handoff:
         returned = os.environ.pop(RETURN_ENV, None)
         cancel = os.environ.pop(CANCEL_ENV, None)
         handoff = cls(program, state_dir, ready_port, records=logs != "job-only", quiet=logs == "job-only",
+                      termination_log=termination_log,
                       returned=returned, session=os.environ.pop(SESSION_ENV, ""),
                       cancel=int(cancel) if cancel and cancel.isdigit() else None,
                       count=_int(os.environ.get(COUNT_ENV)))
@@ -127,6 +131,8 @@ class Handoff:
             args += ["--profile", plan["profile"], "--fingerprint", plan["fingerprint"]]
         if self.ready_port:
             args += ["--ready-port", str(self.ready_port)]
+        if self.termination_log:
+            args += ["--termination-log", self.termination_log]
         if self.records:
             args.append("--records")
         if self.quiet:

@@ -9,6 +9,7 @@ import (
 // status is the relay's wire status (relay/protocol.py status_to_wire), the fields followed here.
 type status struct {
 	State         string  `json:"state"`
+	RawState      string  `json:"raw_state"`
 	Reason        string  `json:"reason"`
 	Position      *int    `json:"queue_position"`
 	StartEstimate *string `json:"start_estimate"`
@@ -91,30 +92,5 @@ func (f *follower) run(ctx context.Context) (reason, detail string) {
 		}
 		f.ready.set(got.Status.State == "RUNNING", f.log)
 		f.reporter.report(*got.Status)
-	}
-}
-
-// cancel asks the relay to cancel the job: a deleted pod's job leaves the queue at once, while
-// the connector, started again, waits for the end and writes the pod's outcome.
-//
-// It then waits (a bounded while) for the relay to see the job end before the connector starts:
-// a hundred pods deleted at once would otherwise start a hundred interpreters while their
-// cancels are still on the way, and slow every one of them down on a small node.
-func (f *follower) cancel(version int) {
-	if err := f.client.post(context.Background(), f.jobPath("cancel"), map[string]any{}, nil, 10*time.Second); err != nil {
-		f.log.warning("cancel of HPC job %s: %v; the connector retries", f.cfg.jobID, err)
-		return
-	}
-	deadline := time.Now().Add(cancelWait)
-	for time.Now().Before(deadline) {
-		var got answer
-		body := map[string]any{"version": version, "until_ended": true}
-		if err := f.client.post(context.Background(), f.jobPath("status"), body, &got, 30*time.Second); err != nil {
-			return
-		}
-		if got.Status != nil && got.Status.State != "PENDING" && got.Status.State != "RUNNING" {
-			return
-		}
-		version = got.Version
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -36,11 +37,11 @@ const (
 )
 
 type config struct {
-	relay, session, key, jobID, stateDir, profileDir, fingerprint string
-	version, readyPort                                            int
-	records, quiet, splitStderr                                   bool
-	last                                                          status
-	back                                                          []string
+	relay, session, key, jobID, stateDir, profileDir, fingerprint, terminationLog string
+	version, readyPort                                                            int
+	records, quiet, splitStderr                                                   bool
+	last                                                                          status
+	back                                                                          []string
 }
 
 func parse(args []string) (config, error) {
@@ -51,6 +52,7 @@ func parse(args []string) (config, error) {
 	fs.StringVar(&c.key, "job", "", "the job's key at the relay")
 	fs.StringVar(&c.jobID, "job-id", "", "the HPC job id")
 	fs.StringVar(&c.stateDir, "state-dir", "", "the connector's state directory (job.json)")
+	fs.StringVar(&c.terminationLog, "termination-log", "", "where the pod's end report goes")
 	fs.StringVar(&c.profileDir, "profile", "", "the mounted profile directory")
 	fs.StringVar(&c.fingerprint, "fingerprint", "", "sha256 fingerprint of the profile the session was opened with")
 	fs.IntVar(&c.version, "version", 0, "the status version the connector has")
@@ -95,21 +97,23 @@ func main() {
 		reporter: reporter{log: lg, records: cfg.records, jobID: cfg.jobID, last: cfg.last}}
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
-	ctx, stop := context.WithCancel(context.Background())
-	var got os.Signal
-	go func() { got = <-signals; stop() }()
+	ctx, interrupt := context.WithCancel(context.Background())
+	var caught atomic.Int32
+	go func() {
+		s := (<-signals).(syscall.Signal)
+		caught.Store(int32(s))
+		interrupt()
+	}()
 	reason, detail := f.run(ctx)
 	f.ready.close()
-	if got != nil {
-		f.cancel(f.version)
-		reason, detail = "signal", got.String()
+	if signum := syscall.Signal(caught.Load()); signum != 0 {
+		if f.stop(signum, f.version) {
+			os.Exit((128 + int(signum)) & 0xFF)
+		}
+		reason, detail = "signal", signum.String()
 	}
 	out.saveTail()
-	num := 0
-	if s, ok := got.(syscall.Signal); ok {
-		num = int(s)
-	}
-	handBack(cfg, lg, reason, num, detail, f.reporter.last)
+	handBack(cfg, lg, reason, int(caught.Load()), detail, f.reporter.last) // a signal now: the connector cancels
 }
 
 // handBack replaces this process with the connector again; it reattaches from the state file.

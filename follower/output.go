@@ -13,8 +13,9 @@ type stream int
 const (
 	stdoutStream stream = iota
 	stderrStream
-	tailLines = 10  // of the job's stderr, for the termination message (lifecycle.TAIL_LINES)
-	tailWidth = 300 // bytes kept of each
+	tailLines = 10      // of the job's stderr, for the termination message (lifecycle.TAIL_LINES)
+	tailWidth = 300     // bytes kept of each
+	readLimit = 1 << 20 // transport.base.READ_LIMIT: the most one read returns
 )
 
 // tailFile is where the stderr lines printed here wait for the connector's termination message.
@@ -125,6 +126,29 @@ func (o *output) save() error {
 	}
 	return nil
 }
+
+// flush prints a partial last line with a newline once the job has ended, counting only its
+// own bytes (lifecycle.Connector._pump_logs with final=True).
+func (o *output) flush(s stream) error {
+	if len(o.partial[s]) == 0 {
+		return nil
+	}
+	line := append(o.partial[s], '\n')
+	o.done[s] += int64(len(o.partial[s]))
+	o.partial[s] = nil
+	if err := o.save(); err != nil {
+		return err
+	}
+	if _, err := o.sinks[s].Write(line); err != nil {
+		return err
+	}
+	if s == stderrStream {
+		o.keepTail(line)
+	}
+	return nil
+}
+
+func joinTail(lines [][]byte) []byte { return bytes.Join(lines, nil) }
 
 // saveTail leaves the stderr lines printed here for the connector's termination message.
 func (o *output) saveTail() {

@@ -74,8 +74,7 @@ func (r *reporter) report(s status) {
 }
 
 func (r *reporter) record(s status) {
-	body := map[string]any{"v": 1, "job": r.jobID, "state": s.State,
-		"time": time.Now().UTC().Format("2006-01-02T15:04:05Z")}
+	body := map[string]any{"job": r.jobID, "state": s.State}
 	if s.Reason != "" {
 		body["reason"] = s.Reason
 	}
@@ -88,6 +87,13 @@ func (r *reporter) record(s status) {
 	if s.Node != nil {
 		body["node"] = *s.Node
 	}
+	r.line(body)
+}
+
+// line writes one record (record.py: version 1, sorted keys, a time).
+func (r *reporter) line(body map[string]any) {
+	body["v"] = 1
+	body["time"] = time.Now().UTC().Format("2006-01-02T15:04:05Z")
 	data, _ := json.Marshal(body) // sorted keys, as the connector writes them
 	os.Stderr.Write(append([]byte("hpc-offload-state: "), append(data, '\n')...))
 }

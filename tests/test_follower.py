@@ -6,6 +6,7 @@ a signal, which it turns into a cancel at once.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from connector import record
 from connector.follower import PROGRAM
+from connector.outcome import interrupted
 from tests import test_relay
 from tests.contract.targets import _slurm_in_queue
 from tests.test_relay import bash, profile_with, start
@@ -86,16 +89,26 @@ def test_the_follower_takes_over_a_running_job_and_hands_its_end_back(relay, req
 
 def test_a_signal_to_the_follower_cancels_the_job_and_the_pod_ends_stopped(relay, required, run_connector,
                                                                            follower):
-    run = start(run_connector, relay, bash("echo started; sleep 300"), required)
+    run = start(run_connector, relay, bash("echo started; printf partial; sleep 300"), required)
     run.wait_for_stderr("running", timeout=240)
     becomes(run.proc.pid, PROGRAM)
     job = run.job_id
     run.proc.send_signal(signal.SIGTERM)
+    seen = set()
+    while run.proc.poll() is None:  # what the pod's process is until it ends
+        seen.add(program(run.proc.pid))
+        time.sleep(0.02)
     assert run.wait(120) == 128 + signal.SIGTERM, run.log
     assert not _slurm_in_queue(job)
-    assert run.termination["reason"] == "PodStopped"
-    assert f"HPC job {job} cancelled" in run.termination["message"]
-    assert run.stdout == "started\n"
+    assert not [name for name in seen if name.startswith("python")], seen  # no interpreter started again
+    assert "handing HPC job" not in run.log
+    # the end report the connector itself would have written
+    ended = dict(run.termination)
+    assert "CANCELLED" in ended.pop("stderrTail")  # the job's last stderr line (slurmstepd's)
+    assert ended == json.loads(interrupted(signal.SIGTERM, job, cancelled=True).termination_message())
+    assert f"exit 143 (PodStopped): SIGTERM received: HPC job {job} cancelled" in run.log
+    assert record.last(run.log)["state"] == "CANCELLED" and record.last(run.log)["exit"] == 143
+    assert run.stdout == "started\npartial\n"  # its last, unterminated line too
 
 
 def test_lean_follower_false_keeps_the_connector_following(relay, profiles, run_connector, tmp_path, follower):
