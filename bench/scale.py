@@ -207,6 +207,10 @@ class ModeResult:
     gone_s: list[float | None] = field(default_factory=list)
     orphans: list[int] = field(default_factory=list)
     status_per_period: float | None = None
+    kubelet_floor_s: list[float | None] = field(default_factory=list)  # plain pods, same storm size
+
+
+PLAIN_POD = "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"  # ends at once on SIGTERM
 
 
 class Cluster:
@@ -248,6 +252,33 @@ class Cluster:
     def delete_all(self, ns: str) -> None:
         self.core.delete_collection_namespaced_pod(ns)
 
+    def kubelet_floor(self, count: int) -> float | None:
+        """Seconds from deleting `count` plain pods (no offload, they exit at once on SIGTERM)
+        until all their processes are gone: what this node's kubelet takes to stop that many
+        pods, the floor under any "delete -> job gone" time."""
+        ns = f"bench-scale-kubelet-{uuid.uuid4().hex[:6]}"
+        self.core.create_namespace(self.client.V1Namespace(metadata=self.client.V1ObjectMeta(name=ns)))
+        try:
+            uids = set()
+            for i in range(count):
+                body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"plain{i:04d}"},
+                        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 60,
+                                 "containers": [{"name": "main", "image": "hpc-offload:dev",
+                                                 "imagePullPolicy": "IfNotPresent",
+                                                 "command": ["sh", "-c", PLAIN_POD]}]}}
+                uids.add(self.core.create_namespaced_pod(ns, body).metadata.uid)
+            until(f"{count} plain pods running", lambda: sum(
+                1 for p in self.core.list_namespaced_pod(ns).items if p.status.phase == "Running") == count, 900)
+            time.sleep(10)
+            pids = [pid for pids in pod_processes(uids).values() for pid in pids]
+            started = time.monotonic()  # from the delete request, as the storms measure
+            self.delete_all(ns)
+            stopped = until("the plain pods to stop", lambda: not any(os.path.exists(f"/proc/{p}") for p in pids),
+                            300, every=0.1, fatal=False)
+            return None if stopped is None else time.monotonic() - started
+        finally:
+            self.core.delete_namespace(ns)
+
     def pods_left(self, ns: str) -> int:
         return len(self.core.list_namespaced_pod(ns).items)
 
@@ -288,9 +319,10 @@ def storm(cluster: Cluster, ns: str, count: int, result: ModeResult, measure_win
         connectors = [rss_kb(pid) for pids in procs.values() for pid in pids
                       if b"connector.cli" in _cmdline(str(pid))]  # a process may have ended since
         result.rss_connector_mib = round(statistics.mean(connectors) / 1024, 1) if connectors else 0.0
+    deleted = time.monotonic()  # from the delete request (the API server takes seconds to mark 100 pods)
     cluster.delete_all(ns)
-    gone = until("the jobs to leave the queue", lambda: not slurm_jobs(names), 900, fatal=False)
-    result.gone_s.append(round(gone, 1) if gone is not None else None)
+    gone = until("the jobs to leave the queue", lambda: not slurm_jobs(names), 900, every=0.2, fatal=False)
+    result.gone_s.append(round(time.monotonic() - deleted, 1) if gone is not None else None)
     until("the pods to go", lambda: cluster.pods_left(ns) == 0, 600, fatal=False)
     time.sleep(5)
     result.orphans.append(len(slurm_jobs(names)))
@@ -301,7 +333,7 @@ def cluster_part(args: argparse.Namespace) -> list[ModeResult]:
     print(f"bench: idle baseline ({args.window:.0f} s)…", flush=True)
     baseline = measure(args.window).forks
     results = []
-    for mode in ("direct", "relay"):
+    for mode in args.modes.split(","):
         ns = cluster.namespace(mode)
         result = ModeResult(mode)
         try:
@@ -312,6 +344,10 @@ def cluster_part(args: argparse.Namespace) -> list[ModeResult]:
         finally:
             cluster.core.delete_namespace(ns)
         results.append(result)
+    print(f"bench: kubelet alone: {args.pods} plain pods deleted…", flush=True)
+    floor = cluster.kubelet_floor(args.pods)
+    for result in results:
+        result.kubelet_floor_s.append(round(floor, 1) if floor is not None else None)
     return results
 
 
@@ -547,6 +583,8 @@ def table(modes: list[ModeResult], load: LoadResult | None, pods: int) -> str:
             ("create -> all in queue (s)", *(str(m.queued_s) if m.queued_s is not None
                                                else f"> {QUEUE_TIMEOUT:.0f} ({m.queued} queued)" for m in modes), ""),
             ("delete -> all gone (s), per storm", *(", ".join(map(str, m.gone_s)) for m in modes), "<= 10"),
+            (f"  kubelet alone: delete -> {pods} plain pods stopped (s)",
+             *(", ".join(map(str, m.kubelet_floor_s)) for m in modes), ""),
             ("orphaned jobs, per storm", *(", ".join(map(str, m.orphans)) for m in modes), "0"),
         ]
         del w
@@ -580,6 +618,7 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=100)
     parser.add_argument("--window", type=float, default=60.0, help="seconds of each steady window")
     parser.add_argument("--storms", type=int, default=5, help="delete storms in relay mode")
+    parser.add_argument("--modes", default="direct,relay", help="connector modes of part 1, in order")
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--oversubscribe", default="64x16",
                         help="testbed CPUsxJOBS for the load part (none: the testbed as it is)")
