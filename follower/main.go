@@ -95,6 +95,7 @@ func main() {
 	}
 	f := &follower{cfg: cfg, log: lg, client: client, out: out, ready: &readyPort{port: cfg.readyPort},
 		reporter: reporter{log: lg, records: cfg.records, jobID: cfg.jobID, last: cfg.last}}
+	f.ready.set(cfg.last.State == "RUNNING", lg) // the connector's port closed with its exec
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	ctx, interrupt := context.WithCancel(context.Background())
