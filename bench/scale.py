@@ -509,9 +509,11 @@ def load_part(args: argparse.Namespace) -> LoadResult:
             until(f"{args.jobs} jobs in the queue", lambda: len(slurm_jobs(names)) == args.jobs
                   or len(generator.errors) > args.jobs // 10, 3600, every=2)
             result.queued_s = round(time.monotonic() - started, 1)
-            if args.oversubscribe != "none":
+            if args.oversubscribe != "none":  # CPUSxJOBS: that many run, the rest wait
+                cpus, per_cpu = (int(n) for n in args.oversubscribe.split("x"))
+                slots = min(args.jobs, cpus * per_cpu)
                 until("the jobs running", lambda: list(slurm_jobs(names).values()).count("RUNNING")
-                      >= args.jobs * 0.9, 600, every=2)
+                      >= slots * 0.9, 900, every=2)
             time.sleep(30)
             metrics0 = relay.metrics()
             result.window = measure(args.window, str(relay.directory / "state").encode())

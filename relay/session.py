@@ -104,6 +104,7 @@ class RelayJob:
     version: int = 0  # one more at each news: a new status, the end marker
     marker: int | None = None
     cancel_requested: bool = False
+    cancel_asked: float = 0.0  # when the connector (or the orphan check) asked for the cancel
     cancel_sent: float | None = None
     released: bool = False
     ended_at: float | None = None
@@ -212,6 +213,8 @@ class Session:
 
     def cancel(self, job: RelayJob) -> None:
         with self.lock:
+            if not job.cancel_requested:
+                job.cancel_asked = time.monotonic()
             job.cancel_requested = True
         self._wake.set()
 
@@ -346,6 +349,9 @@ class Session:
         for job in wanted:
             job.cancel_sent = now
         self._next_quick = 0.0
+        waited = time.monotonic() - min(job.cancel_asked or now for job in wanted)
+        log.info("session %s: %d HPC job(s) cancelled in one call; the oldest asked %.1fs before", self.key[:8],
+                 len(wanted), waited)
 
     def _ask_statuses(self, jobs: list[RelayJob], now: float) -> None:
         active = [job for job in jobs if not job.ended]
@@ -509,6 +515,7 @@ class Session:
                                 "(orphan_timeout): cancelling it", self.key[:8], job.handle.job_id,
                                 job.owner, quiet)
                     job.cancel_requested = True
+                    job.cancel_asked = now
                     self.counters["orphans_cancelled"] += 1
                     self._wake.set()
                 if job.cancel_requested and job.cancel_sent is not None and quiet > 2 * self.orphan_timeout:
