@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ MAX_HANDOFFS = 50  # then the connector follows the job itself to its end
 # After a hand-back for these reasons the connector follows the job itself this long first.
 STAY = {"fault": 30.0, "relay": 30.0, "profile": 15.0, "error": math.inf}
 OFF = ("false", "off", "no", "0")
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # blocked across the exec both ways
 
 
 class LeanPlan(Protocol):
@@ -144,9 +146,13 @@ class Handoff:
         sys.stdout.flush()
         sys.stderr.flush()
         log.debug("handing HPC job %s to the lean follower", record.job_id)
+        # A signal sent during the exec stays pending (the mask survives it) until the
+        # follower's handlers unblock it, instead of killing the process or being lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             os.execve(self.program, args, env)  # noqa: S606 - our own program, no shell, args as a list
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             log.warning("the lean follower cannot start (%s); the connector follows the job", exc.strerror)
             self.not_before = math.inf
 

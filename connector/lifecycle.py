@@ -161,6 +161,8 @@ class Connector:
     def install_signal_handlers(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
+        # the lean follower hands the job back with them blocked (a signal meanwhile is pending)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.signum is None:

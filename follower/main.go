@@ -23,6 +23,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // Environment the connector reads back after the hand-back (connector/follower.py).
@@ -77,6 +78,10 @@ func parse(args []string) (config, error) {
 }
 
 func main() {
+	// First: the connector exec'd this program with SIGTERM/SIGINT blocked, so a signal sent
+	// meanwhile is pending, not lost; Notify unblocks them and it arrives here.
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	runtime.GOMAXPROCS(1)
 	debug.SetGCPercent(50)
 	cfg, err := parse(os.Args[1:])
@@ -96,8 +101,6 @@ func main() {
 	f := &follower{cfg: cfg, log: lg, client: client, out: out, ready: &readyPort{port: cfg.readyPort},
 		reporter: reporter{log: lg, records: cfg.records, jobID: cfg.jobID, last: cfg.last}}
 	f.ready.set(cfg.last.State == "RUNNING", lg) // the connector's port closed with its exec
-	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	ctx, interrupt := context.WithCancel(context.Background())
 	var caught atomic.Int32
 	go func() {
@@ -131,6 +134,11 @@ func handBack(cfg config, lg logger, reason string, signum int, detail string, l
 	if signum != 0 {
 		env = append(env, cancelEnv+"="+strconv.Itoa(signum))
 	}
+	// The connector finds a signal sent from here on pending, not lost (it unblocks them once
+	// its handlers are in place): blocked on this thread, the mask survives the exec.
+	runtime.LockOSThread()
+	blocked := uint64(1<<(syscall.SIGTERM-1) | 1<<(syscall.SIGINT-1))
+	syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, 0 /* SIG_BLOCK */, uintptr(unsafe.Pointer(&blocked)), 0, 8, 0, 0)
 	err := syscall.Exec(cfg.back[0], cfg.back, env)
 	lg.error("cannot start the connector again (%s): %v", cfg.back[0], err)
 	os.Exit(70)
