@@ -78,8 +78,8 @@ func parse(args []string) (config, error) {
 }
 
 func main() {
-	// First: the connector exec'd this program with SIGTERM/SIGINT blocked, so a signal sent
-	// meanwhile is pending, not lost; Notify unblocks them and it arrives here.
+	// First thing: the Go runtime unblocks SIGTERM/SIGINT at start (the connector blocks them
+	// for the exec) and ends the process on one that arrives before this; keep that short.
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	runtime.GOMAXPROCS(1)
