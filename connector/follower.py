@@ -91,12 +91,11 @@ class Handoff:
         return handoff
 
     def resume(self, backend: object) -> None:
-        """A profile rotated under the follower: the job moves from the follower's session to
-        one opened with the new profile (the old one is told to forget it, else it would cancel
-        it as an orphan)."""
+        """Back from the follower (for whatever reason): if the profile rotated meanwhile, the
+        job moves from the follower's session to one opened with the new profile."""
         move = getattr(backend, "move_from_session", None)
-        if self.returned == "profile" and self.session and move is not None:
-            move(self.session)
+        if self.returned is not None and self.session and move is not None:
+            move(self.session)  # any reason: the profile may have changed while it followed
 
     def last_status(self, job_id: str) -> JobStatus | None:
         """What the follower reported last, so the connector does not say it again."""

@@ -240,6 +240,7 @@ class RelayBackend(Backend):
         self._sid: str | None = None
         self._fingerprint: str | None = None  # of the profile the session was opened with
         self._leaving: set[str] = set()  # sessions of an older profile still holding our job
+        self._handed: set[str] = set()  # the lean follower's session, to compare with ours
         self._checked = time.monotonic()
         self._workdir: str | None = None
         self._handles: dict[str, JobHandle] = {}  # by key: the job, or a whole pod's part of it
@@ -362,6 +363,13 @@ class RelayBackend(Backend):
                 self._leaving.add(self._sid)
                 self._sid = None
         for old in list(self._leaving):
+            if old in self._handed:  # from the lean follower: a move only if the session differs
+                self._handed.discard(old)
+                if (self._sid or self._open()) == old:
+                    self._leaving.discard(old)
+                    continue
+                log.info("the profile changed (a rotated Secret?): reconnected to the HPC side through a "
+                         "new relay session with it")
             for key in list(self._handles):  # the job id, or job id~part (a whole pod's container)
                 self._attach(key)  # on the new session (opened first)
                 with contextlib.suppress(_NoSession, _NoJob):
@@ -369,10 +377,10 @@ class RelayBackend(Backend):
             self._leaving.discard(old)
 
     def move_from_session(self, sid: str) -> None:
-        """The lean follower saw the profile change while it followed the job in session `sid`:
-        the next call moves the job to a session opened with the profile as it is now."""
-        log.info("the profile changed (a rotated Secret?): reconnected to the HPC side through a "
-                 "new relay session with it")
+        """The lean follower followed the job in session `sid`: if the profile changed since
+        (this connector's session is another), the next call moves the job to this one and
+        the old session forgets it (else it would cancel it as an orphan)."""
+        self._handed.add(sid)
         self._leaving.add(sid)
 
     def adopt(self, handle: JobHandle) -> None:
