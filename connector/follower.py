@@ -27,9 +27,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from connector.backends.base import JobHandle, JobState, JobStatus
+from connector.backends.base import JobState, JobStatus
 from connector.state import JobRecord
 
 log = logging.getLogger("hpc-connector")
@@ -45,13 +45,7 @@ MAX_HANDOFFS = 50  # then the connector follows the job itself to its end
 # After a hand-back for these reasons the connector follows the job itself this long first.
 STAY = {"fault": 30.0, "relay": 30.0, "profile": 15.0, "error": math.inf}
 OFF = ("false", "off", "no", "0")
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # blocked across the exec both ways
-
-
-class LeanPlan(Protocol):
-    def lean_plan(self, handle: JobHandle) -> dict[str, Any] | None:
-        """What the follower needs (relay URL, session, job key, status version, profile
-        directory and fingerprint), or None while the job is not followed through the relay."""
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # blocked across the exec
 
 
 @dataclass
@@ -145,8 +139,8 @@ class Handoff:
         sys.stdout.flush()
         sys.stderr.flush()
         log.debug("handing HPC job %s to the lean follower", record.job_id)
-        # A signal sent during the exec stays pending (the mask survives it) until the
-        # follower's handlers unblock it, instead of killing the process or being lost.
+        # Blocked across the exec (the mask survives it); the Go runtime unblocks them as it
+        # starts, so a signal in its first milliseconds still ends it (docs/relay.md, known gap).
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             os.execve(self.program, args, env)  # noqa: S606 - our own program, no shell, args as a list

@@ -275,7 +275,9 @@ class RelayBackend(Backend):
                                                   "files": {k: b64(v) for k, v in files.items()}})
         self._sid = str(answer["session"])
         self._fingerprint = fingerprint(files)
-        resumed = bool(os.environ.get("HPC_OFFLOAD_FOLLOWER_HANDOFFS"))  # again, after the lean follower
+        from connector.follower import COUNT_ENV
+
+        resumed = bool(os.environ.get(COUNT_ENV))  # again, after the lean follower
         (log.debug if resumed else log.info)("following HPC jobs through the relay (%s:%d, session %s)",
                                              self.client.host, self.client.port, self._sid[:8])
         return self._sid
