@@ -207,6 +207,10 @@ def test_a_requeued_job_is_followed_to_its_real_end_without_printing_twice(profi
            or subprocess.run(["pgrep", "-f", rf"^slurmstepd: \[{run.job_id}\."]).returncode == 0):
         assert time.monotonic() < deadline, "the requeued job's first run never ended"
         time.sleep(0.2)
+    # slurmd revoked the first run's credential when it stopped it, at a resolution of one
+    # second: a new run started within that second is killed as "Job credential revoked"
+    # (FAILED, exit 1; seen in CI). Start it in a later second, as the default delay would.
+    time.sleep(int(time.time()) + 2 - time.time())
     subprocess.run(["scontrol", "update", f"jobid={run.job_id}", "StartTime=now"], check=True)
     try:
         assert run.wait(timeout=240) == 0, run.log
