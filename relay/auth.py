@@ -41,6 +41,7 @@ class Identity:
     namespace: str
     pod_name: str
     pod_uid: str
+    service_account: str = ""  # only the delete notices' sender is checked by it
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.pod_name} ({self.pod_uid})"
@@ -162,12 +163,14 @@ def identity_of(status: dict[str, Any], audience: str) -> Identity:
     pod_name, pod_uid = (extra.get(POD_NAME) or [""])[0], (extra.get(POD_UID) or [""])[0]
     if not pod_name or not pod_uid:
         raise Refused("token is not bound to a pod (use the projected token the webhook mounts)")
-    return Identity(name.split(":")[2], pod_name, pod_uid)
+    _, _, namespace, account = name.split(":")
+    return Identity(namespace, pod_name, pod_uid, account)
 
 
 class StaticTokens:
-    """`token,namespace,pod-name,pod-uid[,audience]` lines (a CSV file, read at start): the
-    stand-in for the API server where there is no Kubernetes (load generator, tests)."""
+    """`token,namespace,pod-name,pod-uid[,audience[,serviceaccount]]` lines (a CSV file, read
+    at start): the stand-in for the API server where there is no Kubernetes (load generator,
+    tests)."""
 
     def __init__(self, path: str, audience: str = AUDIENCE) -> None:
         self.audience = audience
@@ -177,7 +180,8 @@ class StaticTokens:
                 if len(row) < 4 or row[0].startswith("#"):
                     continue
                 for_audience = row[4] if len(row) > 4 and row[4] else audience
-                self.tokens[row[0]] = (Identity(row[1], row[2], row[3]), for_audience)
+                account = row[5] if len(row) > 5 else "default"
+                self.tokens[row[0]] = (Identity(row[1], row[2], row[3], account), for_audience)
 
     async def identify(self, token: str) -> Identity:
         found = self.tokens.get(token)

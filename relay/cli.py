@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import ssl
 import sys
 import time
@@ -78,6 +79,9 @@ def claim_key(path: str | None, tls_key: str) -> bytes:
               help="Longest a long poll is held.")
 @click.option("--orphan-timeout", default=600.0, show_default=True, type=click.FloatRange(min=1),
               help="Cancel a job no connector asked about this long (profile `orphan_timeout` wins).")
+@click.option("--trust-deletes-from", metavar="NAMESPACE:SERVICEACCOUNT",
+              help="Pods of this ServiceAccount (the webhook's) may report deleted offloaded pods, "
+                   "whose jobs are then cancelled at once [default: nobody].")
 @click.option("--max-sessions", default=1000, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-jobs", default=20000, show_default=True, type=click.IntRange(min=1))
 @click.option("--log-level", default="info", show_default=True,
@@ -85,7 +89,8 @@ def claim_key(path: str | None, tls_key: str) -> bytes:
 def relay(bind: str, cert: str, key: str, audience: str, static_tokens: str | None, kube_api: str | None,
           kube_token_file: str | None, kube_ca_file: str | None, allow_hosts: tuple[str, ...],
           state_dir: str, claim_key_file: str | None, tick: float, quick: float, wait_seconds: float,
-          orphan_timeout: float, max_sessions: int, max_jobs: int, log_level: str) -> None:
+          orphan_timeout: float, trust_deletes_from: str | None, max_sessions: int, max_jobs: int,
+          log_level: str) -> None:
     """Serve one site session per (namespace, profile, credential) to every connector."""
     _setup_logging(log_level)
     try:
@@ -97,6 +102,9 @@ def relay(bind: str, cert: str, key: str, audience: str, static_tokens: str | No
         from relay.session import Settings
     except ImportError as exc:
         raise click.ClickException(f"the relay needs {exc.name}: pip install 'hpc-offload[webhook]'") from None
+    if trust_deletes_from is not None and not re.fullmatch(r"[^:\s]+:[^:\s]+", trust_deletes_from):
+        raise click.BadParameter(f"{trust_deletes_from!r} is not NAMESPACE:SERVICEACCOUNT",
+                                 param_hint="--trust-deletes-from")
     host, _, port = bind.rpartition(":")
     if not port.isdigit():
         raise click.BadParameter(f"{bind!r} is not HOST:PORT", param_hint="--bind")
@@ -115,10 +123,12 @@ def relay(bind: str, cert: str, key: str, audience: str, static_tokens: str | No
     except OSError as exc:
         raise click.ClickException(f"--state-dir {state_dir}: {exc.strerror}") from None
     app = make_app(Relay(registry, CachedAuthenticator(review), keyed, wait_seconds, max_jobs,
-                         ready=lambda: getattr(reloading, "info", None) is not None))
+                         ready=lambda: getattr(reloading, "info", None) is not None,
+                         deletes_from=trust_deletes_from))
     logging.getLogger("hpc-offload.relay").info(
-        "relay on %s (tick %.1fs, orphan timeout %.0fs, hosts: %s, identity: %s)", bind, tick, orphan_timeout,
-        ", ".join(hosts) or "any", "static tokens" if static_tokens else "TokenReview")
+        "relay on %s (tick %.1fs, orphan timeout %.0fs, hosts: %s, identity: %s, delete notices from: %s)",
+        bind, tick, orphan_timeout, ", ".join(hosts) or "any", "static tokens" if static_tokens else "TokenReview",
+        trust_deletes_from or "nobody")
     web.run_app(app, host=host.strip("[]") or "0.0.0.0", port=int(port), ssl_context=context,  # noqa: S104
                 print=None, access_log=None, shutdown_timeout=5)
 

@@ -58,15 +58,16 @@ class RelayProcess:
     def ca_file(self) -> Path:
         return self.certs / "ca.crt"
 
-    def token_for(self, namespace: str, pod: str, uid: str, audience: str = "") -> Path:
+    def token_for(self, namespace: str, pod: str, uid: str, audience: str = "",
+                  account: str = "default") -> Path:
         """A token file for this pod (written before `start`, as the relay reads them once)."""
         token = secrets.token_urlsafe(24)
-        self.tokens[token] = Identity(namespace, pod, uid)
+        self.tokens[token] = Identity(namespace, pod, uid, account)
         path = self.directory / "tokens" / f"{uid}{'-' + audience if audience else ''}"
         path.parent.mkdir(exist_ok=True)
         path.write_text(token + "\n")
         with open(self.directory / "tokens.csv", "a") as handle:
-            handle.write(f"{token},{namespace},{pod},{uid},{audience}\n")
+            handle.write(f"{token},{namespace},{pod},{uid},{audience},{account}\n")
         return path
 
     def env(self, token_file: Path) -> dict[str, str]:

@@ -27,6 +27,8 @@ WAIT_SECONDS = 20.0  # a long poll is answered after at most this long, news or 
 MAX_PROFILE_FILE = 256 * 1024
 MAX_PROFILE_FILES = 32
 
+MAX_DELETED_PODS = 1000  # pods in one delete notice
+
 # error kinds a relay answers with, beside the connector's own error classes
 UNAUTHENTICATED = "unauthenticated"  # 401: no token, a bad one, or one for another audience
 FORBIDDEN = "forbidden"  # 403: another pod's job, or a request naming another pod

@@ -27,7 +27,7 @@ from connector.profile import Profile, load_profile_dir
 from connector.spec import parse_duration
 from relay.auth import Identity
 from relay.protocol import fingerprint
-from relay.session import Session, Settings
+from relay.session import RelayJob, Session, Settings
 
 log = logging.getLogger("hpc-offload.relay")
 
@@ -152,6 +152,18 @@ class Registry:
             session.close()
         for session in list(self.sessions.values()):
             session.thread.join(timeout=10)
+
+    def jobs_of_pod(self, namespace: str, pod_uid: str) -> list[tuple[Session, RelayJob]]:
+        """Every job the pod registered, in any of its namespace's sessions (a whole pod has
+        one per part; a rotated Secret leaves some in the old session)."""
+        found = []
+        for session in list(self.sessions.values()):
+            if session.namespace != namespace:
+                continue
+            with session.lock:
+                jobs = [job for job in session.jobs.values() if job.owner.pod_uid == pod_uid]
+            found += [(session, job) for job in jobs]
+        return found
 
     def job_count(self) -> int:
         return sum(len(session.jobs) for session in self.sessions.values())

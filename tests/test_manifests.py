@@ -89,7 +89,7 @@ def test_everything_namespaced_in_hpc_offload(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", sorted(IMAGES))
 def test_webhook_configuration(overlay: str) -> None:
     mwc = one(build(overlay), "MutatingWebhookConfiguration", "hpc-offload")
-    [hook] = mwc["webhooks"]
+    hook, deletes = mwc["webhooks"]
     assert hook["admissionReviewVersions"] == ["v1"]
     assert hook["sideEffects"] == "None"
     assert hook["failurePolicy"] == "Fail"
@@ -106,6 +106,14 @@ def test_webhook_configuration(overlay: str) -> None:
     assert hook["clientConfig"]["service"] == {
         "name": "hpc-offload-webhook", "namespace": NS, "path": "/mutate", "port": 443}
     assert "caBundle" not in hook["clientConfig"]  # filled in by certs install / cainjector
+    # the delete notices: never block a delete, never tell the relay of a dry run
+    assert deletes["name"] == "deletes.hpc-offload.io"
+    assert deletes["failurePolicy"] == "Ignore" and deletes["sideEffects"] == "NoneOnDryRun"
+    assert [rule["operations"] for rule in deletes["rules"]] == [["DELETE"]]
+    assert deletes["namespaceSelector"] == hook["namespaceSelector"]
+    assert deletes["clientConfig"]["service"] == {**hook["clientConfig"]["service"], "path": "/deleted"}
+    [condition] = deletes["matchConditions"]
+    assert "'hpc.offload/backend' in oldObject.metadata.annotations" in condition["expression"]
 
 
 @pytest.mark.parametrize("overlay", sorted(IMAGES))

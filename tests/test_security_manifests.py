@@ -17,8 +17,8 @@ pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl
 
 @pytest.mark.parametrize("overlay", sorted(IMAGES))
 def test_item10_webhook_pods_have_a_network_policy(overlay: str) -> None:
-    """Item 10: only HTTPS on the serving port reaches the webhook's pods, and they open no
-    connection themselves."""
+    """Item 10: only HTTPS on the serving port reaches the webhook's pods, and the only
+    connections they open are the relay's delete notices (and the DNS lookup of the relay)."""
     objs = build(overlay)
     policy = one(objs, "NetworkPolicy", "hpc-offload-webhook")
     assert policy["metadata"]["namespace"] == NS
@@ -26,7 +26,10 @@ def test_item10_webhook_pods_have_a_network_policy(overlay: str) -> None:
         "labels"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["spec"]["egress"] == []
+    relay, dns = policy["spec"]["egress"]
+    assert relay["ports"] == [{"port": 8443, "protocol": "TCP"}]
+    assert relay["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "hpc-offload-relay"}}}]
+    assert {port["port"] for port in dns["ports"]} == {53}
     [rule] = policy["spec"]["ingress"]
     assert rule["ports"] == [{"port": 8443, "protocol": "TCP"}]
     container = webhook_pod(objs)["containers"][0]
@@ -38,7 +41,7 @@ def test_item10_webhook_pods_have_a_network_policy(overlay: str) -> None:
 def test_item7_updates_of_annotated_pods_reach_the_webhook(overlay: str) -> None:
     """Item 7: the configuration sends UPDATEs too, and its condition reads oldObject so a
     removed annotation is caught."""
-    [hook] = one(build(overlay), "MutatingWebhookConfiguration", "hpc-offload")["webhooks"]
+    hook = one(build(overlay), "MutatingWebhookConfiguration", "hpc-offload")["webhooks"][0]
     [rule] = hook["rules"]
     assert rule["operations"] == ["CREATE", "UPDATE"]
     [condition] = hook["matchConditions"]

@@ -62,8 +62,8 @@ def handle_review(
         return _bad_request(f"internal error: {exc.__class__.__name__}")
 
 
-def _handle(body: bytes | str, config: WebhookConfig,
-            policy_store: PolicyStore | None) -> ReviewResult:
+def read_request(body: bytes | str) -> tuple[str, dict[str, Any]] | ReviewResult:
+    """The review's uid and request, or the 400 answer saying what is wrong with it."""
     try:
         review = orjson.loads(body)
     except orjson.JSONDecodeError as exc:  # nesting deeper than 1024 included
@@ -84,9 +84,18 @@ def _handle(body: bytes | str, config: WebhookConfig,
         return _bad_request(
             f"this webhook only admits pods, got {_describe(request)}; check the "
             "MutatingWebhookConfiguration's rules")
+    return uid, request
+
+
+def _handle(body: bytes | str, config: WebhookConfig,
+            policy_store: PolicyStore | None) -> ReviewResult:
+    parsed = read_request(body)
+    if isinstance(parsed, ReviewResult):
+        return parsed
+    uid, request = parsed
     operation = request.get("operation", "CREATE")
     if request.get("subResource") or operation not in ("CREATE", "UPDATE"):
-        return _allow(uid)
+        return allow(uid)
     pod = request.get("object")
     if operation == "UPDATE":
         changed = changed_annotations(pod, request.get("oldObject"))
@@ -96,7 +105,7 @@ def _handle(body: bytes | str, config: WebhookConfig,
             return _deny(uid, 403, f"{shown}: {PREFIX}* annotations cannot be "
                          "changed after the pod is created (the connector reads them); "
                          "delete the pod and create it again instead")
-        return _allow(uid)
+        return allow(uid)
     if not isinstance(pod, dict):
         return _bad_request("request.object: missing")
 
@@ -105,7 +114,7 @@ def _handle(body: bytes | str, config: WebhookConfig,
     if not isinstance(annotations, dict) or not any(
         isinstance(key, str) and key.startswith(PREFIX) for key in annotations
     ):
-        return _allow(uid)  # the matchConditions normally keep these away; cheap anyway
+        return allow(uid)  # the matchConditions normally keep these away; cheap anyway
 
     namespace = request.get("namespace") or (metadata or {}).get("namespace") or "default"
     policy = policy_store.get() if policy_store is not None else None
@@ -123,7 +132,7 @@ def _handle(body: bytes | str, config: WebhookConfig,
                      "please report it")
     patch = make_patch(pod, mutated)
     if not patch:
-        return _allow(uid)
+        return allow(uid)
     encoded = base64.b64encode(orjson.dumps(patch)).decode()
     response = {"uid": uid, "allowed": True, "patchType": "JSONPatch", "patch": encoded}
     return ReviewResult(200, _review(response), "mutated")
@@ -167,7 +176,7 @@ def _review(response: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
 
 
-def _allow(uid: str) -> ReviewResult:
+def allow(uid: str) -> ReviewResult:
     return ReviewResult(200, _review({"uid": uid, "allowed": True}), "allowed_unchanged")
 
 

@@ -1,4 +1,4 @@
-"""The webhook's HTTP surface (Flask): /mutate, /noop, /healthz, /readyz, /metrics.
+"""The webhook's HTTP surface (Flask): /mutate, /deleted, /noop, /healthz, /readyz, /metrics.
 
 All admission logic is `webhook.admission.handle_review`; this module only bounds the input,
 times and counts the answer, and logs one JSON line per admission (identifiers only, never
@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from webhook import metrics
 from webhook.admission import handle_review
+from webhook.deletion import handle_delete_review
 from webhook.tls import ReloadingContext
 
 log = logging.getLogger("hpc_offload.request")
@@ -67,11 +68,22 @@ def _read_body() -> bytes:
     return body
 
 
+def _notifier(config: Any) -> Any:
+    """The relay's delete notices, when the config gives the webhook a token for it."""
+    if not getattr(config, "relay_token_file", None) or not config.relay_url:
+        return None
+    from connector.backends.relay import RelayClient
+    from webhook.relay_notice import DeleteNotifier
+
+    return DeleteNotifier(RelayClient(config.relay_url, config.relay_ca, None, config.relay_token_file))
+
+
 def create_app(
     config: Any, policy_store: Any, tls: ReloadingContext | None = None
 ) -> Flask:
     """The Flask app; `tls` (when served over TLS) feeds /readyz."""
     app = Flask("hpc_offload_webhook")
+    notifier = _notifier(config)
 
     @app.post("/mutate")
     def mutate() -> Response:
@@ -92,6 +104,17 @@ def create_app(
                 "remote": request.remote_addr,
             },
         )
+        return _json(review, status)
+
+    @app.post("/deleted")
+    def deleted() -> Response:
+        """DELETE of an offloaded pod: allowed, and told to the relay (webhook.deletion)."""
+        (status, review), pod = handle_delete_review(_read_body())
+        if pod is not None and notifier is not None:
+            notifier.notify(pod)
+        log.info("delete admission", extra={"uid": (review.get("response") or {}).get("uid"), "status": status,
+                                            "notified": pod is not None and notifier is not None,
+                                            "remote": request.remote_addr})
         return _json(review, status)
 
     @app.post("/noop")

@@ -62,6 +62,9 @@ class WebhookConfig:
     relay_ca_file: str | None = None  # read once at start into relay_ca (load_config)
     relay_ca: str | None = None  # PEM of the CA that signed the relay's certificate
     relay_token_seconds: int = 3600
+    # The webhook's own projected token for the relay: set, the webhook tells the relay which
+    # offloaded pods are deleted, and it cancels their jobs at once (webhook.deletion).
+    relay_token_file: str | None = None
     # The connector listens on this port only while its HPC job runs; a TCP readiness probe on
     # it makes `kubectl get pods` show 0/1 while queued and 1/1 while running (0: no probe).
     ready_port: int = 8471
@@ -99,6 +102,10 @@ class WebhookConfig:
             raise ConfigError(f"relay_url: {self.relay_url!r} is not https://HOST[:PORT]")
         if self.relay_ca is not None and not self.relay_ca.lstrip().startswith("-----BEGIN CERTIFICATE-----"):
             raise ConfigError("relay_ca: not a PEM certificate")
+        if self.relay_token_file is not None and (self.relay_url is None
+                                                  or not _ABSOLUTE_PATH.fullmatch(self.relay_token_file)):
+            raise ConfigError(f"relay_token_file: {self.relay_token_file!r} must be an absolute path, "
+                              "with relay_url set")
         if self.relay_url is not None and self.relay_token_seconds < 600:
             raise ConfigError("relay_token_seconds: at least 600 (the kubelet's minimum)")
         if self.run_as_user == 0 or self.run_as_group == 0:
@@ -163,7 +170,7 @@ class WebhookConfig:
                 except ValueError:
                     raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}: {raw!r} is not a number") \
                         from None
-            elif f.name in ("policy_file", "relay_url", "relay_ca_file", "relay_ca"):
+            elif f.name in ("policy_file", "relay_url", "relay_ca_file", "relay_ca", "relay_token_file"):
                 changes[f.name] = raw or None  # an empty value switches it off
             else:
                 changes[f.name] = raw
