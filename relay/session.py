@@ -3,7 +3,9 @@ job of one (namespace, profile, credential), driven by one worker thread.
 
 The thread does what the connectors would each have done, once for all of them:
 - per monitoring period ONE `statuses(all job ids)`; jobs whose end is near (end marker seen,
-  cancel sent, never asked yet) are asked again sooner, together, at most every `quick` s;
+  cancel sent, just registered) are asked again sooner, together, at most every `quick` s, for
+  `quick_for` s (as a direct connector does after the marker): a job that stays near its end
+  (a requeued job's marker from its first run) must not cost a request a second for good;
 - per tick ONE command on the login node reading every waiting job's new output and end
   marker (`relay.reader`), with every heartbeat file refreshed in it once per period;
 - the cancels of a tick gathered into ONE `cancel_many`;
@@ -41,6 +43,7 @@ SLOW_TICK = 3.0  # seconds: a tick this long is logged with where its time went
 class Settings:
     tick: float = 1.0  # seconds between reads of the jobs' output
     quick: float = 1.0  # the soonest a near-ended job is asked again
+    quick_for: float = 10.0  # how long a job stays near its end (then: the period)
     period: float = 30.0  # monitoring period when neither the profile nor a job names one
     min_period: float = 2.0
     orphan_timeout: float = 600.0  # no connector asked for a job this long: cancel it
@@ -106,6 +109,7 @@ class RelayJob:
     cancel_requested: bool = False
     cancel_asked: float = 0.0  # when the connector (or the orphan check) asked for the cancel
     cancel_sent: float | None = None
+    quick_until: float = 0.0  # asked at the quick pace until then (just registered, marker, cancel)
     released: bool = False
     ended_at: float | None = None
     waiter: Waiter | None = None
@@ -140,7 +144,7 @@ class Session:
         self._next_status = 0.0
         self._next_quick = 0.0
         self._next_heartbeat = 0.0
-        self._rotation = 0
+        self._read_first: str | None = None  # the job the last tick's read budget stopped at
         self._batch_reader = isinstance(backend, ShellBackend)
         self.counters = {"ticks": 0, "status_requests": 0, "cancel_requests": 0, "read_commands": 0,
                          "orphans_cancelled": 0, "submits": 0}
@@ -175,7 +179,7 @@ class Session:
             now = time.monotonic()
             if job is None:
                 job = self.jobs[handle.key] = RelayJob(handle, owner, self._period(period), now, tag)
-                self._next_quick = 0.0  # its first status soon
+                self._near_end(job, now)  # its first status soon
             job.last_seen = now
             self.last_used = now
             return job
@@ -246,6 +250,11 @@ class Session:
     def _period(self, asked: float | None) -> float:
         period = asked or self.profile_period or self.settings.period
         return max(period, self.settings.min_period)
+
+    def _near_end(self, job: RelayJob, now: float) -> None:
+        """Ask the job's status at the quick pace for `quick_for` s, the first time soon."""
+        job.quick_until = now + self.settings.quick_for
+        self._next_quick = 0.0
 
     def _loop(self) -> None:
         next_tick = 0.0
@@ -348,7 +357,7 @@ class Session:
             return
         for job in wanted:
             job.cancel_sent = now
-        self._next_quick = 0.0
+            self._near_end(job, now)
         waited = time.monotonic() - min(job.cancel_asked or now for job in wanted)
         log.info("session %s: %d HPC job(s) cancelled in one call; the oldest asked %.1fs before", self.key[:8],
                  len(wanted), waited)
@@ -361,8 +370,8 @@ class Session:
             asked = active
             self._next_status = now + min(job.period for job in active)
         else:
-            asked = [job for job in active if job.status is None or job.marker is not None
-                     or job.cancel_sent is not None]
+            asked = [job for job in active if now < job.quick_until and (
+                job.status is None or job.marker is not None or job.cancel_sent is not None)]
             if not asked or now < self._next_quick:
                 return
         self._next_quick = now + self.settings.quick
@@ -387,41 +396,9 @@ class Session:
         backend has no batch reader)."""
         if not self.backend.capabilities & (Capability.STREAM_OUTPUT | Capability.FINAL_OUTPUT):
             return
-        plan: list[tuple[RelayJob, str, Any]] = []  # (job, what, waiter or read)
-        reads: list[tuple[str, int, int]] = []
-        budget = self.settings.tick_budget
         with self.lock:
-            start = self._rotation % max(len(jobs), 1)
-            self._rotation += 1
-            for job in jobs[start:] + jobs[:start]:
-                for request in job.reads:
-                    plan.append((job, "read", request))
-                    reads.append((request.path, request.offset, request.limit))
-                    budget -= request.limit
-                job.reads = []
-                waiter = job.waiter
-                if waiter is None or budget <= 0:
-                    continue
-                chunk = self.settings.read_chunk
-                if waiter.stdout_offset is not None:
-                    plan.append((job, "stdout", waiter))
-                    reads.append((job.handle.stdout, waiter.stdout_offset, chunk))
-                    budget -= chunk
-                if waiter.stderr_offset is not None and job.handle.stderr:
-                    plan.append((job, "stderr", waiter))
-                    reads.append((job.handle.stderr, waiter.stderr_offset, chunk))
-                    budget -= chunk
-                if waiter.marker and job.marker is None:
-                    plan.append((job, "marker", waiter))
-                    reads.append((job.handle.exit_status, 0, 64))
-            touches = []
-            if self._batch_reader and now >= self._next_heartbeat:
-                # only jobs a connector still follows: a vanished pod's job is left to its switch
-                # should the relay's own orphan cancel not get through
-                touches = list(dict.fromkeys(JobPaths(job.handle.job_dir).heartbeat for job in jobs
-                                             if not job.ended and now - job.last_seen < self.orphan_timeout))
-                periods = [job.period for job in jobs] or [self.settings.period]
-                self._next_heartbeat = now + min(min(periods), self.orphan_timeout / 4)
+            plan, reads = self._plan_reads(self._read_order(jobs))
+            touches = self._touches(jobs, now)
         if not reads and not touches:
             return
         try:
@@ -433,25 +410,90 @@ class Session:
                     item.future.fail(TransientError(f"relay: {exc.message}"))
             return
         with self.lock:
-            for (job, what, item), data in zip(plan, results, strict=True):
-                if what == "read":
-                    item.future.set(data or b"")
-                elif what == "stdout":
-                    item.got = Progress(data or b"", item.got.stderr, item.got.exit_status)
-                elif what == "stderr":
-                    item.got = Progress(item.got.stdout, data or b"", item.got.exit_status)
-                else:
-                    text = (data or b"").decode("ascii", "replace").strip()
-                    if text.isdigit():
-                        job.marker = int(text)
-                        job.version += 1
-                        self._next_quick = 0.0  # its end, soon
+            self._take_reads(plan, results, now)
+
+    def _read_order(self, jobs: list[RelayJob]) -> list[RelayJob]:
+        """The jobs from the one the last tick's budget stopped at: each waits at most a few
+        ticks, whatever the number of jobs."""
+        first = next((n for n, job in enumerate(jobs) if job.handle.key == self._read_first), 0)
+        return jobs[first:] + jobs[:first]
+
+    def _plan_reads(self, jobs: list[RelayJob]) -> tuple[list[tuple[RelayJob, str, Any]], list[tuple[str, int, int]]]:
+        """(job, what, waiter or read) and its (path, offset, limit), explicit reads first. The
+        batch reader bounds the bytes it returns itself; a backend without one is asked for
+        `tick_budget` bytes at most, counted as the reads' limits."""
+        plan: list[tuple[RelayJob, str, Any]] = []
+        for job in jobs:
+            plan += [(job, "read", request) for request in job.reads]
+            job.reads = []
+        budget = self.settings.tick_budget - sum(item.limit for _, _, item in plan)
+        self._read_first = None
+        chunk = self.settings.read_chunk
+        for job in jobs:
+            waiter = job.waiter
+            if waiter is None:
+                continue
+            if budget <= 0 and not self._batch_reader:
+                self._read_first = self._read_first or job.handle.key
+                continue
+            if waiter.stdout_offset is not None:
+                plan.append((job, "stdout", waiter))
+                budget -= chunk
+            if waiter.stderr_offset is not None and job.handle.stderr:
+                plan.append((job, "stderr", waiter))
+                budget -= chunk
+            if waiter.marker and job.marker is None:
+                plan.append((job, "marker", waiter))
+        return plan, [self._read_of(job, what, item) for job, what, item in plan]
+
+    def _read_of(self, job: RelayJob, what: str, item: Any) -> tuple[str, int, int]:
+        if what == "read":
+            return (item.path, item.offset, item.limit)
+        if what == "stdout":
+            return (job.handle.stdout, item.stdout_offset, self.settings.read_chunk)
+        if what == "stderr":
+            return (job.handle.stderr or "", item.stderr_offset, self.settings.read_chunk)
+        return (job.handle.exit_status, 0, 64)
+
+    def _touches(self, jobs: list[RelayJob], now: float) -> list[str]:
+        """Every followed job's heartbeat file, once a period (in the batch read)."""
+        if not self._batch_reader or now < self._next_heartbeat:
+            return []
+        # only jobs a connector still follows: a vanished pod's job is left to its switch
+        # should the relay's own orphan cancel not get through
+        touches = list(dict.fromkeys(JobPaths(job.handle.job_dir).heartbeat for job in jobs
+                                     if not job.ended and now - job.last_seen < self.orphan_timeout))
+        periods = [job.period for job in jobs] or [self.settings.period]
+        self._next_heartbeat = now + min(min(periods), self.orphan_timeout / 4)
+        return touches
+
+    def _take_reads(self, plan: list[tuple[RelayJob, str, Any]], results: list[bytes | None], now: float) -> None:
+        """Give each read its answer; what the budget left unread goes first next tick."""
+        for (job, what, item), data in zip(plan, results, strict=False):
+            if what == "read":
+                item.future.set(data or b"")
+            elif what == "stdout":
+                item.got = Progress(data or b"", item.got.stderr, item.got.exit_status)
+            elif what == "stderr":
+                item.got = Progress(item.got.stdout, data or b"", item.got.exit_status)
+            else:
+                text = (data or b"").decode("ascii", "replace").strip()
+                if text.isdigit():
+                    job.marker = int(text)
+                    job.version += 1
+                    self._near_end(job, now)  # its end, soon
+        for job, what, item in plan[len(results):]:
+            if what == "read":
+                job.reads.append(item)
+            elif self._read_first is None:
+                self._read_first = job.handle.key
 
     def _batch(self, reads: list[tuple[str, int, int]], touches: list[str]) -> list[bytes | None]:
         assert isinstance(self.backend, ShellBackend)
         transport = self.backend.transport
         self.counters["read_commands"] += 1
-        result = transport.run(reader.argv(), timeout=60, stdin=reader.encode(reads, touches))
+        stdin = reader.encode(reads, touches, self.settings.tick_budget)
+        result = transport.run(reader.argv(), timeout=60, stdin=stdin)
         if result.returncode == reader.NO_INTERPRETER:
             log.warning("session %s: no python3 or perl on the HPC side: reading with a shell "
                         "(a few processes per file)", self.key[:8])
