@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,12 @@ SSH_PORT = 2222
 PERIOD = 30  # the monitoring period of the issue's measurement
 QUEUE_TIMEOUT = 1800.0  # seconds for N pods' jobs to reach the queue (direct mode on a busy 2-core host)
 SLEEP = "1800"
+WAIT_SECONDS = 20.0  # the relay's long poll (relay.protocol.WAIT_SECONDS)
+LATE = 10.0  # a long poll answered this long after the relay's wait is late
+# how long a connector waits for each answer (connector/backends/relay.py): a submission waits
+# its turn on the session's thread (a burst of N: N sbatch one after another)
+ROUTE_TIMEOUTS = {"session": 60.0, "find": 120.0, "submit": 300.0, "wait": 90.0, "status": 60.0, "cancel": 30.0,
+                  "release": 60.0}
 
 
 # --- what the machine says ------------------------------------------------------------------
@@ -384,14 +391,34 @@ class LoadGenerator:
         self.job_ids: dict[str, str] = {}
         self.ended: set[str] = set()
         self.errors: list[str] = []
+        self.polls = 0
+        self.polls_late: list[float] = []  # seconds a long poll took beyond the relay's wait + LATE
 
     async def post(self, session: object, token: str, path: str, body: dict) -> dict:
-        async with session.post(self.relay.url + path, json=body,  # type: ignore[attr-defined]
-                                headers={"Authorization": f"Bearer {token}"}) as response:
-            data = await response.json(content_type=None)
-            if response.status not in (200, 202):
-                raise RuntimeError(f"{path}: HTTP {response.status} {data}")
-            return data  # type: ignore[no-any-return]
+        import aiohttp
+
+        route = path.rsplit("/", 1)[-1]
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=ROUTE_TIMEOUTS.get(route, 120.0))
+        try:
+            async with session.post(self.relay.url + path, json=body, timeout=timeout,  # type: ignore[attr-defined]
+                                    headers={"Authorization": f"Bearer {token}"}) as response:
+                data = await response.json(content_type=None)
+                if response.status not in (200, 202):
+                    raise RuntimeError(f"{route}: HTTP {response.status} {data}")
+                return data  # type: ignore[no-any-return]
+        except (TimeoutError, OSError) as exc:  # which route timed out, not just "TimeoutError"
+            raise RuntimeError(f"{route}: {type(exc).__name__} {exc}") from exc
+
+    async def poll(self, session: object, token: str, path: str, body: dict) -> dict:
+        """One long poll, timed: the relay answers within its wait (20 s), news or not; later
+        means its loop or its session thread kept the answer back."""
+        started = time.monotonic()
+        answer = await self.post(session, token, path, body)
+        took = time.monotonic() - started
+        self.polls += 1
+        if took > WAIT_SECONDS + LATE:
+            self.polls_late.append(took)
+        return answer
 
     async def connector(self, session: object, uid: str, token: str, workdir: str) -> None:
         sid = (await self.post(session, token, "/v1/session", {"name": self.profile_name, "files": self.files}))[
@@ -409,7 +436,7 @@ class LoadGenerator:
         version = 0
         stopped = asyncio.create_task(self.stop.wait())
         while not self.stop.is_set():
-            poll = asyncio.create_task(self.post(session, token, f"{base}/job/{job}/wait",
+            poll = asyncio.create_task(self.poll(session, token, f"{base}/job/{job}/wait",
                                                  {**offsets, "marker": True, "version": version}))
             await asyncio.wait({poll, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if not poll.done():  # SIGTERM cuts a real connector's long poll short too
@@ -441,7 +468,7 @@ class LoadGenerator:
 
         context = ssl.create_default_context(cafile=str(self.relay.ca_file))  # type: ignore[attr-defined]
         connector = aiohttp.TCPConnector(limit=0, ssl=context)
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=120)  # each route: ROUTE_TIMEOUTS
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             tasks = [asyncio.create_task(self._guard(self.connector(session, uid, token, workdir)))
                      for uid, token in self.tokens]
@@ -478,6 +505,9 @@ class LoadResult:
     status_per_period: float = 0.0
     reads_per_tick: float = 0.0
     errors: int = 0
+    polls: int = 0
+    polls_late: int = 0  # answered over WAIT_SECONDS + LATE, or never (the generator's read timeout)
+    poll_max_s: float = 0.0
 
 
 def load_part(args: argparse.Namespace) -> LoadResult:
@@ -506,8 +536,11 @@ def load_part(args: argparse.Namespace) -> LoadResult:
         started = time.monotonic()
 
         def steady() -> None:
+            # every connector past its submission: the window must not count the burst's statuses
             until(f"{args.jobs} jobs in the queue", lambda: len(slurm_jobs(names)) == args.jobs
-                  or len(generator.errors) > args.jobs // 10, 3600, every=2)
+                  and len(generator.job_ids) == args.jobs or len(generator.errors) > args.jobs // 10, 3600, every=2)
+            until("every connector answered", lambda: len(generator.job_ids) + len(generator.errors) >= args.jobs,
+                  600, every=2, fatal=False)
             result.queued_s = round(time.monotonic() - started, 1)
             if args.oversubscribe != "none":  # CPUSxJOBS: that many run, the rest wait
                 cpus, per_cpu = (int(n) for n in args.oversubscribe.split("x"))
@@ -545,8 +578,14 @@ def load_part(args: argparse.Namespace) -> LoadResult:
         time.sleep(5)
         result.orphans = len(slurm_jobs(names))
         result.errors = len(generator.errors)
+        result.polls = generator.polls
+        late = [e for e in generator.errors if e.startswith("RuntimeError: wait:")]
+        result.polls_late = len(generator.polls_late) + len(late)
+        result.poll_max_s = round(max(generator.polls_late, default=0.0), 1)
         if generator.errors:
-            print("bench: load generator errors (first 3):", *generator.errors[:3], sep="\n  ")
+            routes = Counter(error.split(": ")[1] for error in generator.errors if error.count(": ") > 1)
+            print("bench: load generator errors by route:", dict(routes), "(first 3):", *generator.errors[:3],
+                  sep="\n  ")
         relay.stop()
     return result
 
@@ -609,6 +648,8 @@ def table(modes: list[ModeResult], load: LoadResult | None, pods: int) -> str:
             ("submit -> all in queue (s)", str(load.queued_s), "", ""),
             ("delete storm -> all gone (s)", str(load.gone_s), "", ""),
             ("orphaned jobs", str(load.orphans), "", "0"),
+            (f"long polls late (> {WAIT_SECONDS + LATE:.0f} s or never) / all, slowest (s)",
+             f"{load.polls_late} / {load.polls}, {load.poll_max_s}", "", "0"),
             ("load generator errors", str(load.errors), "", "0"),
         ]
     widths = [max(len(r[i]) for r in rows if len(r) > i) for i in range(max(len(r) for r in rows))]
@@ -629,8 +670,10 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/scale.py needs root (the testbed, /proc of every process)")
-    with oversubscribed("2x1"):  # two jobs run and the rest wait, as in the issue's measurement
-        modes = cluster_part(args) if args.only != "load" else []
+    modes = []
+    if args.only != "load":
+        with oversubscribed("2x1"):  # two jobs run and the rest wait, as in the issue's measurement
+            modes = cluster_part(args)
     if modes:
         print(table(modes, None, args.pods), flush=True)
     load = load_part(args) if args.only != "cluster" else None
