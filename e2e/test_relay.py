@@ -91,14 +91,22 @@ def test_deleting_a_pod_cancels_its_job_through_the_relay(relay_ns, core):
     job_id = wait("the HPC job", lambda: squeue_ids(f"hpco-{pod.metadata.uid}"))[0]
     wait("the job queued or running", lambda: "up" in pod_log(core, "deleted", relay_ns) or queued(job_id),
          timeout=120)
+    # a dry run is only a question: the delete notice is not sent, the job goes on
+    core.delete_namespaced_pod("deleted", relay_ns, dry_run="All")
+    time.sleep(3)
+    assert queued(job_id) and f"cancelling 1 job(s): {job_id}" not in relay_log(core)
     started = time.monotonic()
     core.delete_namespaced_pod("deleted", relay_ns)
     wait("the job to leave the queue", lambda: not queued(job_id), timeout=60)
     assert time.monotonic() - started < 30
     assert slurm_state(job_id) == "CANCELLED"
+    # cancelled on the webhook's notice, before the kubelet stopped the connector
+    assert f"deleted pods: cancelling 1 job(s): {job_id}" in relay_log(core)
 
 
-def test_a_killed_and_force_deleted_pods_job_is_cancelled_by_the_relay(relay_ns, core, local_cluster, kubectl):
+def test_a_killed_connectors_job_is_cancelled_by_the_relay_as_an_orphan(relay_ns, core, local_cluster, kubectl):
+    """A connector killed before its cancel (SIGKILL; the pod is not deleted, so no delete
+    notice helps): the relay cancels the job once nobody asked for it for orphan_timeout."""
     core.create_namespaced_pod(relay_ns, pod_manifest("vanished", py("import time; print('up'); time.sleep(600)")))
     pod = core.read_namespaced_pod("vanished", relay_ns)
     job_id = wait("the HPC job", lambda: squeue_ids(f"hpco-{pod.metadata.uid}"))[0]
@@ -108,11 +116,11 @@ def test_a_killed_and_force_deleted_pods_job_is_cancelled_by_the_relay(relay_ns,
     socket = local_cluster.state_dir / "run" / "containerd.sock"
     subprocess.run(["ctr", "--address", str(socket), "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL",
                     container.container_id.split("://", 1)[1]], check=True, capture_output=True)
-    kubectl("-n", relay_ns, "delete", "pod", "vanished", "--grace-period=0", "--force", check=False)
     killed = time.monotonic()
     wait("the relay to cancel the orphan", lambda: not queued(job_id), timeout=90)
     assert time.monotonic() - killed < 60  # orphan_timeout 15 s, then one tick
-    assert f"HPC job {job_id}" in relay_log(core)
+    assert f"HPC job {job_id} of pod" in relay_log(core)
+    kubectl("-n", relay_ns, "delete", "pod", "vanished", "--grace-period=0", "--force", check=False)
 
 
 def _relay_post(token: str, ca: str) -> tuple[int, dict]:
