@@ -112,9 +112,10 @@ def create_app(
         (status, review), pod = handle_delete_review(_read_body())
         if pod is not None and notifier is not None:
             notifier.notify(pod)
-        log.info("delete admission", extra={"uid": (review.get("response") or {}).get("uid"), "status": status,
-                                            "notified": pod is not None and notifier is not None,
-                                            "remote": request.remote_addr})
+        notified = pod is not None and notifier is not None
+        log.info("admission", extra={"uid": (review.get("response") or {}).get("uid"), "operation": "DELETE",
+                                     "outcome": "relay_notified" if notified else "allowed_unchanged",
+                                     "status": status, "remote": request.remote_addr})
         return _json(review, status)
 
     @app.post("/noop")
