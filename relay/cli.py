@@ -97,6 +97,7 @@ def relay(bind: str, cert: str, key: str, audience: str, static_tokens: str | No
         from aiohttp import web
 
         from relay.auth import CachedAuthenticator, StaticTokens, TokenReviewer
+        from relay.memory import lean_tls_buffers
         from relay.registry import Registry
         from relay.server import Relay, make_app
         from relay.session import Settings
@@ -129,6 +130,7 @@ def relay(bind: str, cert: str, key: str, audience: str, static_tokens: str | No
         "relay on %s (tick %.1fs, orphan timeout %.0fs, hosts: %s, identity: %s, delete notices from: %s)",
         bind, tick, orphan_timeout, ", ".join(hosts) or "any", "static tokens" if static_tokens else "TokenReview",
         trust_deletes_from or "nobody")
+    lean_tls_buffers()  # ~220 KiB less a connector (relay.memory)
     web.run_app(app, host=host.strip("[]") or "0.0.0.0", port=int(port), ssl_context=context,  # noqa: S104
                 print=None, access_log=None, shutdown_timeout=5)
 

@@ -17,4 +17,5 @@ def lean_tls_buffers(size: int = TLS_READ_BUFFER) -> None:
     """Every TLS connection asyncio opens from now on reads through `size` bytes."""
     from asyncio import sslproto
 
-    sslproto.SSLProtocol.max_size = size
+    if hasattr(sslproto.SSLProtocol, "max_size"):  # CPython >= 3.11; older ones keep their own
+        sslproto.SSLProtocol.max_size = size
