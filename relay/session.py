@@ -138,6 +138,7 @@ class Session:
         self._ops: deque[tuple[Callable[[], Any], Future]] = deque()
         self._finds: list[tuple[JobRequest, Future]] = []  # answered together (relay.batching)
         self._wake = threading.Event()
+        self._cancels_waiting = False  # a cancel asked since the last cancel call
         self._closing = False
         self.last_used = time.monotonic()
         self.fault: str | None = None  # the last tick's failure, told to connectors
@@ -219,6 +220,7 @@ class Session:
         with self.lock:
             if not job.cancel_requested:
                 job.cancel_asked = time.monotonic()
+                self._cancels_waiting = True
             job.cancel_requested = True
         self._wake.set()
 
@@ -262,6 +264,10 @@ class Session:
             self._wake.wait(max(0.0, next_tick - time.monotonic()))
             self._wake.clear()
             self._run_ops(next_tick)
+            if self._cancels_waiting:  # a cancel frees an allocation: it does not wait for the tick
+                with self.lock:
+                    jobs = list(self.jobs.values())
+                self._send_cancels(jobs, time.monotonic())
             now = time.monotonic()
             if now >= next_tick or self._reads_waiting():
                 try:
@@ -326,6 +332,10 @@ class Session:
                     job.last_seen = now
         phases = []
         for name, step in (("cancel", self._send_cancels), ("status", self._ask_statuses), ("read", self._read)):
+            if name != "cancel" and self._cancels_waiting:  # asked during a slow phase: sent before the next
+                started = time.monotonic()
+                self._send_cancels(jobs, now)
+                phases.append(("cancel", time.monotonic() - started))
             started = time.monotonic()
             step(jobs, now)
             phases.append((name, time.monotonic() - started))
@@ -346,6 +356,7 @@ class Session:
         self.fault = exc.message
 
     def _send_cancels(self, jobs: list[RelayJob], now: float) -> None:
+        self._cancels_waiting = False
         wanted = [job for job in jobs if job.cancel_requested and job.cancel_sent is None and not job.ended]
         if not wanted:
             return

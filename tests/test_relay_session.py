@@ -200,3 +200,21 @@ def test_the_reader_stops_where_its_budget_is_spent(interpreter, tmp_path):
     assert reader.decode(done.stdout.decode(), len(reads)) == [None, b"a" * 10, b"b" * 100]
     whole = subprocess.run(argv, input=reader.encode(reads, []), capture_output=True, check=True)
     assert reader.decode(whole.stdout.decode(), len(reads)) == [None, b"a" * 10, b"b" * 100, b"c" * 100]
+
+
+def test_a_cancel_asked_during_a_slow_phase_is_sent_in_the_same_tick(loop):
+    """Pods deleted while the tick asks the scheduler (slow under a delete storm): their
+    cancels go out before the tick's next phase, not a tick later."""
+    fake = FakeBackend()
+    session = stopped_session(fake)
+    jobs = [session.register(handle, OWNER, PERIOD) for handle in submit(fake, 3)]
+    asked = fake.statuses
+
+    def statuses_while_a_pod_is_deleted(job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        session.cancel(jobs[0])
+        return asked(job_ids)
+
+    fake.statuses = statuses_while_a_pod_is_deleted  # type: ignore[method-assign]
+    session._tick(time.monotonic())  # noqa: SLF001
+    assert fake.cancel_requests == 1 and fake.jobs[jobs[0].handle.job_id].cancel_requested
+    assert not any(fake.jobs[job.handle.job_id].cancel_requested for job in jobs[1:])
