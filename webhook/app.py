@@ -70,7 +70,7 @@ def _read_body() -> bytes:
 
 def _notifier(config: Any) -> Any:
     """The relay's delete notices, when the config gives the webhook a token for it."""
-    if not getattr(config, "relay_token_file", None) or not config.relay_url:
+    if not config.relay_token_file or not config.relay_url:
         return None
     from connector.backends.relay import RelayClient
     from webhook.relay_notice import DeleteNotifier

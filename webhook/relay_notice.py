@@ -30,7 +30,6 @@ class DeleteNotifier:
     def __init__(self, client: RelayClient) -> None:
         self.client = client
         self.queue: queue.Queue[DeletedPod] = queue.Queue(MAX_QUEUED)
-        self.sent = 0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -65,6 +64,5 @@ class DeleteNotifier:
             log.warning("relay notices: %d deleted pod(s) not told to the relay (their connectors "
                         "cancel on their own): %s", len(pods), exc.message)
             return
-        self.sent += len(pods)
         log.info("relay notices: %d deleted pod(s) told to the relay, %s job(s) cancelled",
                  len(pods), answer.get("cancelled", "?"))
