@@ -39,9 +39,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+if TYPE_CHECKING:
+    from relay.local import RelayProcess
 
 HPC_USER = "hpcuser"
 SSH_PORT = 2222
@@ -377,6 +380,21 @@ def oversubscribed(spec: str) -> Iterator[None]:
         testbed.ensure_up()
 
 
+@contextlib.contextmanager
+def started_relay(relay: RelayProcess, names: set[str]) -> Iterator[None]:
+    """The relay for the run; whatever ends the run, no relay keeps submitting afterwards and
+    no job of the run stays in the queue (an interrupted run left 800 running)."""
+    relay.start()
+    try:
+        yield
+    finally:
+        relay.stop()
+        out = subprocess.run(["squeue", "-h", "-u", HPC_USER, "-o", "%i|%j"], capture_output=True, text=True).stdout
+        leftovers = [job for job, _, name in (line.partition("|") for line in out.splitlines()) if name in names]
+        if leftovers:
+            subprocess.run(["scancel", *leftovers], check=False)
+
+
 class LoadGenerator:
     """N connectors in one process: the protocol of connector/backends/relay.py, async."""
 
@@ -530,8 +548,7 @@ def load_part(args: argparse.Namespace) -> LoadResult:
     result = LoadResult(args.jobs)
     print(f"bench: idle baseline ({args.window:.0f} s)…", flush=True)
     result.baseline_forks = measure(args.window).forks
-    with oversubscribed(args.oversubscribe):
-        relay.start()
+    with oversubscribed(args.oversubscribe), started_relay(relay, names):
         generator = LoadGenerator(relay, profile_dir, tokens)
         started = time.monotonic()
 
@@ -586,7 +603,6 @@ def load_part(args: argparse.Namespace) -> LoadResult:
             routes = Counter(error.split(": ")[1] for error in generator.errors if error.count(": ") > 1)
             print("bench: load generator errors by route:", dict(routes), "(first 3):", *generator.errors[:3],
                   sep="\n  ")
-        relay.stop()
     return result
 
 

@@ -12,10 +12,11 @@ import uuid
 import orjson
 import pytest
 
-from connector.backends.relay import RelayClient
+from connector.backends.relay import RelayClient, RelayUnavailable
 from connector.errors import BackendError, ConnectorError
 from relay.local import RelayProcess
-from tests.contract.targets import _slurm_in_queue
+from relay.protocol import b64, profile_files
+from tests.contract.targets import _slurm_in_queue, _slurm_jobs_tagged
 from tests.test_relay import bash, profile_with
 from webhook.app import create_app
 from webhook.config import WebhookConfig
@@ -31,7 +32,7 @@ def relay(tmp_path_factory, testbed_info):
     server = RelayProcess(tmp_path_factory.mktemp("relay-deletes"),
                           args=["--trust-deletes-from", ":".join(WEBHOOK)])
     server.pods = []
-    for _ in range(4):
+    for _ in range(5):
         uid = str(uuid.uuid4())
         server.pods.append((uid, server.token_for(NAMESPACE, "t", uid)))
     server.webhook_token = server.token_for(WEBHOOK[0], "hpc-offload-webhook-x", str(uuid.uuid4()),
@@ -103,3 +104,32 @@ def test_only_the_webhooks_account_may_report_deletes(relay, required, run_conne
     assert _slurm_in_queue(run.job_id)
     assert "only the webhook's ServiceAccount" in relay.log
     assert relay.webhook_token.read_text().strip() not in relay.log
+
+
+def test_a_job_submitted_after_its_connector_left_is_still_cancelled_on_delete(relay, required):
+    """The connector's submit timed out (a burst, a kill) while the relay was still submitting:
+    the job the relay then submitted is followed all the same, so the pod's delete ends it."""
+    uid, token = relay.pods.pop()
+    client = RelayClient(relay.url, None, str(relay.ca_file), str(token))
+    files = {name: b64(data) for name, data in profile_files(required).items()}
+    sid = client.post("/v1/session", {"name": required.name, "files": files})["session"]
+    workdir = client.post(f"/v1/session/{sid}/workdir", {})["workdir"]
+    spec = {"command": ["bash", "-c", "echo started; sleep 300"], "runtime": "none",
+            "pod": {"namespace": NAMESPACE, "name": "t", "uid": uid}}
+    request = {"spec": spec, "job_dir": f"{workdir}/hpco-{uid}", "env": {}, "run": 0}
+    with pytest.raises(RelayUnavailable):  # gone before sbatch answered over SSH
+        client.post(f"/v1/session/{sid}/submit", {"request": request}, timeout=0.05)
+    client.close()
+    deadline = time.monotonic() + 60
+    while not (jobs := _slurm_jobs_tagged(f"hpco-{uid}")):
+        assert time.monotonic() < deadline, relay.log
+        time.sleep(0.5)
+    assert _slurm_in_queue(jobs[0])
+
+    answer = webhook_client(relay).post("/deleted", data=delete_review(uid)).get_json()
+    assert answer["response"]["allowed"] is True
+    deadline = time.monotonic() + 30
+    while _slurm_in_queue(jobs[0]):
+        assert time.monotonic() < deadline, f"job {jobs[0]} outlived its pod:\n{relay.log}"
+        time.sleep(0.2)
+    assert f"cancelling 1 job(s): {jobs[0]}" in relay.log
