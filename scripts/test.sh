@@ -46,14 +46,14 @@ fi
 LOGS="$(mktemp -d "${TMPDIR:-/tmp}/hpc-offload-tests.XXXXXX")"
 run_pytest -m exclusive tests
 rc=$PYTEST_RC
-OWN=(tests/test_security_apiserver.py tests/contract tests/test_relay.py tests/test_relay_orphans.py tests/test_relay_deletes.py
+OWN=(tests/test_security_apiserver.py tests/contract tests/test_relay.py tests/test_relay_orphans.py tests/test_relay_deletes.py tests/test_relay_kills.py
      tests/test_follower.py tests/test_whole_pod.py)
 lane_args() {  # the pytest arguments of lane $1, in LANE
   case "$1" in
     cluster)  LANE=(e2e tests/test_security_apiserver.py) ;;
     contract-ssh) LANE=(tests/contract -k ssh) ;;  # targets over SSH ...
     contract-other) LANE=(tests/contract -k "not ssh") ;;  # ... and the local, REST ones
-    relay-wholepod) LANE=(tests/test_relay.py tests/test_relay_orphans.py tests/test_relay_deletes.py tests/test_follower.py tests/test_whole_pod.py) ;;
+    relay-wholepod) LANE=(tests/test_relay.py tests/test_relay_orphans.py tests/test_relay_deletes.py tests/test_relay_kills.py tests/test_follower.py tests/test_whole_pod.py) ;;
     rest) LANE=(tests "${OWN[@]/#/--ignore=}") ;;
   esac
 }
