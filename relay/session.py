@@ -51,6 +51,8 @@ class Settings:
     tick_budget: int = 16 * 1024 * 1024  # bytes read per tick over all jobs
     forget_after: float = 600.0  # an ended job nobody asks about is dropped
     op_slice: float = 1.0  # ops run at most this long before a due tick goes first
+    storm_quiet: float = 1.0  # a cancel asked this recently: pods are being deleted, status waits
+    storm_hold_max: float = 5.0  # ... this long at most
 
 
 class Future:
@@ -144,6 +146,7 @@ class Session:
         self.fault: str | None = None  # the last tick's failure, told to connectors
         self._next_status = 0.0
         self._next_quick = 0.0
+        self._status_held_since: float | None = None  # a delete storm holds the status listing
         self._next_heartbeat = 0.0
         self._read_first: str | None = None  # the job the last tick's read budget stopped at
         self._batch_reader = isinstance(backend, ShellBackend)
@@ -375,8 +378,9 @@ class Session:
 
     def _ask_statuses(self, jobs: list[RelayJob], now: float) -> None:
         active = [job for job in jobs if not job.ended]
-        if not active:
+        if not active or self._storm_holds(jobs, now):
             return
+        self._status_held_since = None
         if now >= self._next_status:
             asked = active
             self._next_status = now + min(job.period for job in active)
@@ -401,6 +405,17 @@ class Session:
                     job.version += 1
                     if status.state.ended and job.ended_at is None:
                         job.ended_at = now
+
+    def _storm_holds(self, jobs: list[RelayJob], now: float) -> bool:
+        """True while pods are being deleted one after another (a cancel asked within
+        `storm_quiet` s): a listing now, slow under the storm, would hold the next cancel behind
+        it, and the jobs being cancelled are asked right after. It waits `storm_hold_max` s at most."""
+        last = max((job.cancel_asked for job in jobs if job.cancel_requested), default=None)
+        if last is None or now - last >= self.settings.storm_quiet:
+            return False
+        if self._status_held_since is None:
+            self._status_held_since = now
+        return now - self._status_held_since < self.settings.storm_hold_max
 
     def _read(self, jobs: list[RelayJob], now: float) -> None:
         """Everything this tick reads, in one command (or one request per job where the

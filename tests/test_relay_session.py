@@ -218,3 +218,42 @@ def test_a_cancel_asked_during_a_slow_phase_is_sent_in_the_same_tick(loop):
     session._tick(time.monotonic())  # noqa: SLF001
     assert fake.cancel_requests == 1 and fake.jobs[jobs[0].handle.job_id].cancel_requested
     assert not any(fake.jobs[job.handle.job_id].cancel_requested for job in jobs[1:])
+
+
+def storm(session: Session, connectors: Connectors, jobs: list[RelayJob], start: float) -> float:
+    """One pod deleted a second (a cancel asked at each tick) from `start`; returns the next second."""
+    for second, job in enumerate(jobs):
+        session.cancel(job)
+        job.cancel_asked = start + second  # the test's clock
+        connectors.tick(start + second)
+    return start + len(jobs)
+
+
+def test_a_delete_storm_sends_its_cancels_without_a_listing_between_them(loop):
+    """Under a delete storm each listing is slow and held every cancel asked meanwhile behind it
+    (a storm of 100 pods: cancels waited 4.4 s, the last jobs left the queue 11.7 s after the
+    delete): the listing waits until the cancels pause, then asks the cancelled jobs at once."""
+    fake = FakeBackend()
+    session = stopped_session(fake)
+    jobs = [session.register(handle, OWNER, PERIOD) for handle in submit(fake, 20)]
+    connectors = Connectors(session, loop)
+    later = run(session, loop, time.monotonic(), 5)
+    before = fake.status_requests
+    later = storm(session, connectors, jobs[:4], later)
+    assert fake.cancel_requests == 4 and all(fake.jobs[job.handle.job_id].cancel_requested for job in jobs[:4])
+    assert fake.status_requests == before  # no listing between the cancels
+    run(session, loop, later + 1, 3)  # the storm has passed
+    assert fake.status_requests > before
+    assert all(job.ended for job in jobs[:4]) and not any(job.ended for job in jobs[4:])
+
+
+def test_a_storm_that_does_not_end_holds_the_listing_a_few_seconds_at_most(loop):
+    fake = FakeBackend()
+    session = stopped_session(fake)
+    jobs = [session.register(handle, OWNER, PERIOD) for handle in submit(fake, 20)]
+    connectors = Connectors(session, loop)
+    later = run(session, loop, time.monotonic(), 5)
+    before = fake.status_requests
+    storm(session, connectors, jobs[:12], later)  # 12 s: hold_max 5 s
+    assert fake.status_requests - before >= 2
+    assert any(job.ended for job in jobs[:12])
