@@ -20,9 +20,16 @@ kubectl() { "$(python -c 'from e2e.cluster import info; print(info().kubectl)')"
 
 step "install: kubectl apply -k manifests/overlays/dev"
 kubectl -n hpc-offload delete job hpc-offload-certs --ignore-not-found >/dev/null 2>&1 || true
+installed="$(kubectl -n hpc-offload get deployment hpc-offload-relay -o name 2>/dev/null || true)"
 kubectl apply -k manifests/overlays/dev
 kubectl -n hpc-offload wait --for=condition=complete job/hpc-offload-certs --timeout=180s
-kubectl -n hpc-offload rollout status deployment/hpc-offload-webhook --timeout=180s
+# a rebuilt image keeps its tag: move a previous install's pods onto it (a no-op when unchanged)
+[ -z "$installed" ] || key="$(python -c 'from e2e.cluster.images import project_image_key; print(project_image_key())')"
+for deployment in hpc-offload-webhook hpc-offload-relay; do
+  [ -z "$installed" ] || kubectl -n hpc-offload patch deployment "$deployment" --type merge \
+    -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"hpc-offload.io/image-key\":\"$key\"}}}}}" >/dev/null
+  kubectl -n hpc-offload rollout status deployment/"$deployment" --timeout=180s
+done
 
 step "a namespace with the testbed's backend profile (ConfigMap + Secret named 'testbed')"
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f -
