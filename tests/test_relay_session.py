@@ -229,15 +229,22 @@ def storm(session: Session, connectors: Connectors, jobs: list[RelayJob], start:
     return start + len(jobs)
 
 
-def test_a_delete_storm_sends_its_cancels_without_a_listing_between_them(loop):
-    """Under a delete storm each listing is slow and held every cancel asked meanwhile behind it
-    (a storm of 100 pods: cancels waited 4.4 s, the last jobs left the queue 11.7 s after the
-    delete): the listing waits until the cancels pause, then asks the cancelled jobs at once."""
+def twenty_followed_jobs(
+    loop: asyncio.AbstractEventLoop,
+) -> tuple[FakeBackend, Session, list[RelayJob], Connectors, float]:
+    """20 jobs followed for 5 s (their first listing done); returns the next second too."""
     fake = FakeBackend()
     session = stopped_session(fake)
     jobs = [session.register(handle, OWNER, PERIOD) for handle in submit(fake, 20)]
     connectors = Connectors(session, loop)
-    later = run(session, loop, time.monotonic(), 5)
+    return fake, session, jobs, connectors, run(session, loop, time.monotonic(), 5)
+
+
+def test_a_delete_storm_sends_its_cancels_without_a_listing_between_them(loop):
+    """Under a delete storm each listing is slow and held every cancel asked meanwhile behind it
+    (a storm of 100 pods: cancels waited 4.4 s, the last jobs left the queue 11.7 s after the
+    delete): the listing waits until the cancels pause, then asks the cancelled jobs at once."""
+    fake, session, jobs, connectors, later = twenty_followed_jobs(loop)
     before = fake.status_requests
     later = storm(session, connectors, jobs[:4], later)
     assert fake.cancel_requests == 4 and all(fake.jobs[job.handle.job_id].cancel_requested for job in jobs[:4])
@@ -248,11 +255,7 @@ def test_a_delete_storm_sends_its_cancels_without_a_listing_between_them(loop):
 
 
 def test_a_storm_that_does_not_end_holds_the_listing_a_few_seconds_at_most(loop):
-    fake = FakeBackend()
-    session = stopped_session(fake)
-    jobs = [session.register(handle, OWNER, PERIOD) for handle in submit(fake, 20)]
-    connectors = Connectors(session, loop)
-    later = run(session, loop, time.monotonic(), 5)
+    fake, session, jobs, connectors, later = twenty_followed_jobs(loop)
     before = fake.status_requests
     storm(session, connectors, jobs[:12], later)  # 12 s: hold_max 5 s
     assert fake.status_requests - before >= 2
