@@ -13,12 +13,12 @@ import datetime as _dt
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from e2e.cluster import build_once
 from e2e.cluster.config import CACHE_DIR, K8S_VERSION, k8s_bin_dir
 
 BINARIES = (
@@ -30,7 +30,6 @@ BINARIES = (
     "kubectl",
 )
 GO = Path(os.environ.get("HPC_OFFLOAD_GO", "/usr/local/go/bin/go"))
-_DONE = ".complete"
 
 Progress = Callable[[str], None]
 
@@ -112,39 +111,30 @@ def ldflags(version: str) -> str:
 
 
 def is_built(version: str = K8S_VERSION) -> bool:
-    bin_dir = k8s_bin_dir(version)
-    return (bin_dir / _DONE).exists() and all((bin_dir / b).exists() for b in BINARIES)
+    return build_once.is_built(k8s_bin_dir(version), *BINARIES)
 
 
 def ensure_binaries(version: str = K8S_VERSION, progress: Progress = print) -> Path:
-    """Build (once) and return the directory holding the binaries of `version`."""
-    bin_dir = k8s_bin_dir(version)
-    if is_built(version):
-        return bin_dir
-    if not GO.exists():
+    """Build (once, whoever asks at the same time) and return the directory holding the
+    binaries of `version`."""
+    if not is_built(version) and not GO.exists():
         raise RuntimeError(f"Go not found at {GO} (set HPC_OFFLOAD_GO)")
-    work = CACHE_DIR / "k8s" / version / "src"
-    work.mkdir(parents=True, exist_ok=True)
-    log = CACHE_DIR / "k8s" / version / "build.log"
-    start = time.monotonic()
-    progress(f"build: k8s {version}: resolving modules (log: {log})")
-    (work / "go.mod").write_text("module hpc-offload.local/probe\n\ngo 1.24\n")
-    upstream = _upstream_gomod(version, work, log)
-    (work / "go.mod").write_text(wrapper_gomod(upstream, version))
-    (work / "tools.go").write_text(_tools_go())
-    _run([str(GO), "mod", "tidy"], work, log)
-    progress(f"build: modules ready ({time.monotonic() - start:.0f}s); compiling {', '.join(BINARIES)} (cold: ~5 min)")
-    tmp = bin_dir.with_name("bin.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    pkgs = [f"k8s.io/kubernetes/cmd/{b}" for b in BINARIES]
-    _run(
-        [str(GO), "build", "-trimpath", f"-ldflags={ldflags(version)}", "-o", f"{tmp}/", *pkgs],
-        work,
-        log,
-    )
-    (tmp / _DONE).write_text(version + "\n")
-    shutil.rmtree(bin_dir, ignore_errors=True)
-    tmp.rename(bin_dir)
-    progress(f"build: done in {time.monotonic() - start:.0f}s -> {bin_dir}")
-    return bin_dir
+
+    def build(into: Path) -> None:
+        work = CACHE_DIR / "k8s" / version / "src"
+        work.mkdir(parents=True, exist_ok=True)
+        log = CACHE_DIR / "k8s" / version / "build.log"
+        start = time.monotonic()
+        progress(f"build: k8s {version}: resolving modules (log: {log})")
+        (work / "go.mod").write_text("module hpc-offload.local/probe\n\ngo 1.24\n")
+        upstream = _upstream_gomod(version, work, log)
+        (work / "go.mod").write_text(wrapper_gomod(upstream, version))
+        (work / "tools.go").write_text(_tools_go())
+        _run([str(GO), "mod", "tidy"], work, log)
+        progress(f"build: modules ready ({time.monotonic() - start:.0f}s); compiling {', '.join(BINARIES)} "
+                 "(cold: ~5 min)")
+        pkgs = [f"k8s.io/kubernetes/cmd/{b}" for b in BINARIES]
+        _run([str(GO), "build", "-trimpath", f"-ldflags={ldflags(version)}", "-o", f"{into}/", *pkgs], work, log)
+        progress(f"build: done in {time.monotonic() - start:.0f}s -> {k8s_bin_dir(version)}")
+
+    return build_once.build_once(k8s_bin_dir(version), build, version, *BINARIES)

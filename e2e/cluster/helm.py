@@ -11,18 +11,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from e2e.cluster import build_once
 from e2e.cluster.config import CACHE_DIR
 
 HELM_VERSION = os.environ.get("HPC_OFFLOAD_HELM_VERSION", "v3.22.0")
 HELM_MODULE = "helm.sh/helm/v3"
 GO = Path(os.environ.get("HPC_OFFLOAD_GO", "/usr/local/go/bin/go"))
-_DONE = ".complete"
 
 Progress = Callable[[str], None]
 
@@ -36,7 +35,7 @@ def helm_path(version: str = HELM_VERSION) -> Path:
 
 
 def is_built(version: str = HELM_VERSION) -> bool:
-    return (helm_dir(version) / "bin" / _DONE).exists() and helm_path(version).exists()
+    return build_once.is_built(helm_dir(version) / "bin", "helm")
 
 
 def _go_env() -> dict[str, str]:
@@ -80,33 +79,29 @@ def ldflags(version: str, client_go: str) -> str:
 
 
 def ensure_helm(version: str = HELM_VERSION, progress: Progress = print) -> Path:
-    """Build (once) and return the path of `helm` at `version`."""
-    if is_built(version):
-        return helm_path(version)
-    if not GO.exists():
+    """Build (once, whoever asks at the same time) and return the path of `helm` at `version`."""
+    if not is_built(version) and not GO.exists():
         raise RuntimeError(f"Go not found at {GO} (set HPC_OFFLOAD_GO)")
     base = helm_dir(version)
-    work = base / "src"
-    work.mkdir(parents=True, exist_ok=True)
-    log = base / "build.log"
-    start = time.monotonic()
-    progress(f"build: helm {version} from {HELM_MODULE} (log: {log})")
-    (work / "go.mod").write_text("module hpc-offload.local/probe\n\ngo 1.24\n")
-    info = json.loads(_run([str(GO), "mod", "download", "-json", f"{HELM_MODULE}@{version}"], work, log))
-    upstream = Path(info["GoMod"]).read_text()
-    client_go = re.search(r"^\s*k8s\.io/client-go (v\S+)", upstream, re.MULTILINE)
-    (work / "go.mod").write_text(wrapper_gomod(upstream, version))
-    (work / "tools.go").write_text(f'//go:build tools\n\npackage tools\n\nimport _ "{HELM_MODULE}/cmd/helm"\n')
-    _run([str(GO), "mod", "tidy"], work, log)
-    progress(f"build: helm modules ready ({time.monotonic() - start:.0f}s); compiling")
-    tmp = base / "bin.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    flags = ldflags(version, client_go.group(1) if client_go else "v0.34.0")
-    _run([str(GO), "build", "-trimpath", f"-ldflags={flags}", "-o", str(tmp / "helm"), f"{HELM_MODULE}/cmd/helm"],
-         work, log)
-    (tmp / _DONE).write_text(version + "\n")
-    shutil.rmtree(base / "bin", ignore_errors=True)
-    tmp.rename(base / "bin")
-    progress(f"build: helm {version} done in {time.monotonic() - start:.0f}s -> {helm_path(version)}")
+
+    def build(into: Path) -> None:
+        work = base / "src"
+        work.mkdir(parents=True, exist_ok=True)
+        log = base / "build.log"
+        start = time.monotonic()
+        progress(f"build: helm {version} from {HELM_MODULE} (log: {log})")
+        (work / "go.mod").write_text("module hpc-offload.local/probe\n\ngo 1.24\n")
+        info = json.loads(_run([str(GO), "mod", "download", "-json", f"{HELM_MODULE}@{version}"], work, log))
+        upstream = Path(info["GoMod"]).read_text()
+        client_go = re.search(r"^\s*k8s\.io/client-go (v\S+)", upstream, re.MULTILINE)
+        (work / "go.mod").write_text(wrapper_gomod(upstream, version))
+        (work / "tools.go").write_text(f'//go:build tools\n\npackage tools\n\nimport _ "{HELM_MODULE}/cmd/helm"\n')
+        _run([str(GO), "mod", "tidy"], work, log)
+        progress(f"build: helm modules ready ({time.monotonic() - start:.0f}s); compiling")
+        flags = ldflags(version, client_go.group(1) if client_go else "v0.34.0")
+        _run([str(GO), "build", "-trimpath", f"-ldflags={flags}", "-o", str(into / "helm"),
+              f"{HELM_MODULE}/cmd/helm"], work, log)
+        progress(f"build: helm {version} done in {time.monotonic() - start:.0f}s -> {helm_path(version)}")
+
+    build_once.build_once(base / "bin", build, version, "helm")
     return helm_path(version)
