@@ -70,5 +70,9 @@ def test_a_failed_build_leaves_nothing_marked_built_and_the_next_call_builds(tmp
     with pytest.raises(RuntimeError, match="compiler died"):
         build_once.build_once(target, fails, "v1", "tool")
     assert not build_once.is_built(target, "tool")
-    build_once.build_once(target, lambda into: (into / "tool").write_text("whole"), "v1", "tool")
+
+    def works(into: Path) -> None:
+        (into / "tool").write_text("whole")
+
+    build_once.build_once(target, works, "v1", "tool")
     assert (target / "tool").read_text() == "whole" and build_once.is_built(target, "tool")
