@@ -25,6 +25,7 @@ import pytest
 import requests
 
 from webhook.localserver import LocalServer, make_certs
+from webhook.policy import PolicyStore
 
 POLICY = """
 rules:
@@ -71,6 +72,18 @@ def server(tmp_path_factory: pytest.TempPathFactory, policy_file: Path) -> Itera
 def workers(server: LocalServer) -> set[int]:
     path = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
     return {int(pid) for pid in path.read_text().split()}
+
+
+def booted(server: LocalServer, count: int = 2) -> None:
+    """Every worker has loaded the policy (each loads it when it boots, after the fork)."""
+    deadline = time.monotonic() + 30
+    while True:
+        loaded = {json.loads(line).get("pid") for line in server.logs().splitlines()
+                  if line.startswith("{") and "policy loaded from" in line}
+        if len(loaded & workers(server)) >= count:
+            return
+        assert time.monotonic() < deadline, server.logs()[-2000:]
+        time.sleep(0.2)
 
 
 def rss_mib(pids: set[int]) -> float:
@@ -216,6 +229,7 @@ def test_item9_an_empty_list_keeps_the_last_good_policy(server: LocalServer,
     other["metadata"]["annotations"]["hpc.offload/backend"] = "someone-elses"
     assert requests.post(server.url + "/mutate", json=review(other), verify=server.ca,
                          timeout=10).json()["response"]["allowed"] is False
+    booted(server)  # a worker that boots after the file broke refuses to start (strict load)
     policy_file.write_text(POLICY.replace("profiles: [prometheus]", "profiles: []"))
     try:
         deadline = time.monotonic() + 10
@@ -224,12 +238,15 @@ def test_item9_an_empty_list_keeps_the_last_good_policy(server: LocalServer,
             requests.get(server.url + "/readyz", verify=server.ca, timeout=5)
             time.sleep(0.3)
         assert "profiles: an empty list is not allowed" in server.logs()
+        # one worker saw the file; the other's next request re-checks it once its interval
+        # (PolicyStore.interval, 1 s) has passed: before that it may not have looked yet (CI)
+        time.sleep(PolicyStore(None).interval + 0.2)
         for _ in range(6):  # whichever worker answers
             answer = requests.post(server.url + "/mutate", json=review(other), verify=server.ca,
                                    timeout=10).json()["response"]
             assert answer["allowed"] is False and "someone-elses" in answer["status"]["message"]
-        ready = requests.get(server.url + "/readyz", verify=server.ca, timeout=5).json()
-        assert "keeping the last good policy" in ready["checks"]["policy"]
+            ready = requests.get(server.url + "/readyz", verify=server.ca, timeout=5).json()
+            assert "keeping the last good policy" in ready["checks"]["policy"]
     finally:
         policy_file.write_text(POLICY)
 
