@@ -149,15 +149,16 @@ def pod_processes(uids: set[str]) -> dict[str, list[int]]:
     return found
 
 
-def slurm_jobs(names: set[str]) -> dict[str, str]:
-    """job name → state for the jobs of these names still in the queue (pending or running)."""
+def slurm_jobs(names: set[str], field: str = "%T") -> dict[str, str]:
+    """job name → state (or another squeue `field`, "%i" the id) for the jobs of these names
+    still in the queue (pending or running)."""
     out = subprocess.run(["squeue", "-h", "-u", HPC_USER, "-t", "PENDING,RUNNING,CONFIGURING,COMPLETING",
-                          "-o", "%j|%T"], capture_output=True, text=True).stdout
+                          "-o", f"%j|{field}"], capture_output=True, text=True).stdout
     jobs = {}
     for line in out.splitlines():
-        name, _, state = line.partition("|")
+        name, _, value = line.partition("|")
         if name in names:
-            jobs[name] = state
+            jobs[name] = value
     return jobs
 
 
@@ -389,10 +390,9 @@ def started_relay(relay: RelayProcess, names: set[str]) -> Iterator[None]:
         yield
     finally:
         relay.stop()
-        out = subprocess.run(["squeue", "-h", "-u", HPC_USER, "-o", "%i|%j"], capture_output=True, text=True).stdout
-        leftovers = [job for job, _, name in (line.partition("|") for line in out.splitlines()) if name in names]
+        leftovers = slurm_jobs(names, "%i")
         if leftovers:
-            subprocess.run(["scancel", *leftovers], check=False)
+            subprocess.run(["scancel", *leftovers.values()], check=False)
 
 
 class LoadGenerator:

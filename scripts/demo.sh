@@ -24,10 +24,12 @@ installed="$(kubectl -n hpc-offload get deployment hpc-offload-relay -o name 2>/
 kubectl apply -k manifests/overlays/dev
 kubectl -n hpc-offload wait --for=condition=complete job/hpc-offload-certs --timeout=180s
 # a rebuilt image keeps its tag: move a previous install's pods onto it (a no-op when unchanged)
-[ -z "$installed" ] || key="$(python -c 'from e2e.cluster.images import project_image_key; print(project_image_key())')"
+key="$(python -c 'from e2e.cluster.images import project_image_key; print(project_image_key())')"
+template="{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"hpc-offload.io/image-key\":\"$key\"}}}}}"
 for deployment in hpc-offload-webhook hpc-offload-relay; do
-  [ -z "$installed" ] || kubectl -n hpc-offload patch deployment "$deployment" --type merge \
-    -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"hpc-offload.io/image-key\":\"$key\"}}}}}" >/dev/null
+  if [ -n "$installed" ]; then
+    kubectl -n hpc-offload patch deployment "$deployment" --type merge -p "$template" >/dev/null
+  fi
   kubectl -n hpc-offload rollout status deployment/"$deployment" --timeout=180s
 done
 
