@@ -40,7 +40,13 @@ hpc-offload testbed profile slurm-ssh --name testbed --host 10.88.0.1 | kubectl 
 step "an annotated Job: kubectl apply -f examples/testbed-job.yaml"
 kubectl -n demo delete job hello-hpc --ignore-not-found --wait=true >/dev/null
 kubectl -n demo apply -f examples/testbed-job.yaml
-kubectl -n demo wait --for=condition=Ready pod -l job-name=hello-hpc --timeout=120s
+# started: Ready means "the HPC job is running", and a 5 s job can end between two probes
+for _ in $(seq 240); do
+  case "$(kubectl -n demo get pod -l job-name=hello-hpc -o jsonpath='{.items[0].status.phase}')" in
+    Running|Succeeded|Failed) break ;;
+  esac
+  sleep 0.5
+done
 uid="$(kubectl -n demo get pod -l job-name=hello-hpc -o jsonpath='{.items[0].metadata.uid}')"
 for _ in $(seq 100); do   # the connector submits within about a second
   [ -n "$(squeue -h --states=all --name="hpco-$uid" -o %i)" ] && break
